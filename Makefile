@@ -1,0 +1,47 @@
+# Two commands set everything up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+SKLEARN_MODEL ?= export/sources/sklearn.joblib
+PYTORCH_MODEL ?= export/sources/pytorch.pt
+OUT ?= onnx_models
+
+.PHONY: install runtime serve export test lint format sources
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps make the installs idempotent: pip runs again only when a requirements file changes.
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt export/requirements.txt tests/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@ $(VENV)/.runtime-installed
+
+runtime: $(VENV)/.runtime-installed
+
+install: $(VENV)/.dev-installed
+
+serve: runtime
+	PORT=$(PORT) $(BIN)/python -m serve
+
+export: install
+	$(BIN)/python -m export --sklearn-model $(SKLEARN_MODEL) --pytorch-model $(PYTORCH_MODEL) --out $(OUT)
+
+# Retrains the committed stand-in source models (deterministic).
+sources: install
+	$(BIN)/python -m export.train_sources --out export/sources
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
