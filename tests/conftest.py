@@ -16,8 +16,9 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def handout_dir() -> Path:
     """The data team's original models; absent outside this team's checkout layout."""
-    if not (HANDOUT_DIR / "sklearn.model").is_file() or not (
-        HANDOUT_DIR / "pytorch.model"
-    ).is_file():
+    if (
+        not (HANDOUT_DIR / "sklearn.model").is_file()
+        or not (HANDOUT_DIR / "pytorch.model").is_file()
+    ):
         pytest.skip(f"handout models not found in {HANDOUT_DIR} (expected beside the checkout)")
     return HANDOUT_DIR

@@ -1,0 +1,1 @@
+"""Crystal colour service: the exported ONNX classifiers behind a Falcon app."""

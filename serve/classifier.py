@@ -1,0 +1,88 @@
+"""One onnxruntime session wrapper serves every model: the only inference path of the service."""
+
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from serve.batch import N_FEATURES
+from serve.errors import InvalidCrystalData, PredictionFailed, StartupError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+
+_ONNX_DTYPES = {"tensor(double)": np.dtype(np.float64), "tensor(float)": np.dtype(np.float32)}
+
+
+class Classifier(Protocol):
+    """What the app needs of a model: class probabilities for a float64 batch."""
+
+    n_classes: int
+    input_dtype: np.dtype
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxClassifier:
+    """An exported ONNX classifier: input `input` [batch, 4], output `probabilities` [batch, n]."""
+
+    def __init__(
+        self, name: str, model: bytes, intra_op_threads: int = 1, inter_op_threads: int = 1
+    ):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                model, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise StartupError(f"model {name}: onnxruntime cannot load it: {exc}") from None
+        self.name = name
+        self.input_dtype, self.n_classes = self._check_contract()
+
+    def _check_contract(self) -> tuple[np.dtype, int]:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type not in _ONNX_DTYPES:
+            raise StartupError(
+                f"model {self.name}: expected one float or double input named {INPUT_NAME!r}"
+            )
+        if len(inputs[0].shape) != 2 or inputs[0].shape[1] != N_FEATURES:
+            raise StartupError(
+                f"model {self.name}: input shape is {inputs[0].shape}, "
+                f"expected [batch, {N_FEATURES}]"
+            )
+        output = next((o for o in outputs if o.name == OUTPUT_NAME), None)
+        if output is None or len(output.shape) != 2 or not isinstance(output.shape[1], int):
+            raise StartupError(
+                f"model {self.name}: expected an output {OUTPUT_NAME!r} of shape [batch, classes]"
+            )
+        return _ONNX_DTYPES[inputs[0].type], output.shape[1]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities as float64, one row per input row.
+
+        Raises InvalidCrystalData when a value does not fit the model's input type (beyond the
+        float32 range), PredictionFailed when onnxruntime fails or returns a non-finite value.
+        """
+        with np.errstate(over="ignore"):
+            model_input = batch.astype(self.input_dtype, copy=False)
+        if not np.isfinite(model_input).all():
+            row, column = np.argwhere(~np.isfinite(model_input))[0]
+            raise InvalidCrystalData(
+                f"crystalData[{row}][{column}] is outside the range of the {self.name} model's "
+                f"{self.input_dtype.name} input"
+            )
+        try:
+            (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: model_input})
+        except Exception as exc:
+            raise PredictionFailed(f"model {self.name} failed to predict") from exc
+        if probabilities.shape != (len(batch), self.n_classes):
+            raise PredictionFailed(
+                f"model {self.name} returned shape {probabilities.shape}, "
+                f"expected {(len(batch), self.n_classes)}"
+            )
+        if not np.isfinite(probabilities).all():
+            raise PredictionFailed(f"model {self.name} returned a non-finite probability")
+        return probabilities.astype(np.float64, copy=False)

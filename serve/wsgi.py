@@ -1,0 +1,15 @@
+"""gunicorn's entry point: each worker builds its own app, and so its own onnxruntime sessions."""
+
+import falcon
+from gunicorn.errors import AppImportError
+
+from serve.app import get_app
+from serve.errors import StartupError
+
+
+def application() -> falcon.App:
+    """gunicorn prints an AppImportError as one line and halts the whole server."""
+    try:
+        return get_app()
+    except StartupError as exc:
+        raise AppImportError(f"serve: cannot start: {exc}") from None

@@ -1,0 +1,179 @@
+"""The HTTP contract, through falcon's TestClient with fake models."""
+
+import json
+
+import msgspec
+import numpy as np
+import pytest
+from falcon import testing
+
+from serve.app import create_app
+from serve.errors import PredictionFailed, StartupError
+
+LABELS = ("blue", "green", "yellow")
+ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
+
+
+class FakeClassifier:
+    """Returns a fixed probability row per input row, and records what it was given."""
+
+    def __init__(self, rows: list[list[float]], input_dtype: type = np.float64):
+        self.rows = np.array(rows)
+        self.n_classes = self.rows.shape[1]
+        self.input_dtype = np.dtype(input_dtype)
+        self.batches: list[np.ndarray] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(batch)
+        return self.rows[np.arange(len(batch)) % len(self.rows)]
+
+
+class FailingClassifier(FakeClassifier):
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        raise PredictionFailed("model sklearn failed to predict") from RuntimeError("boom in ORT")
+
+
+class CrashingClassifier(FakeClassifier):
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        raise ZeroDivisionError("secret internal detail")
+
+
+SKLEARN_ROWS = [[0.9927769331813387, 0.007223053394387628, 1.3424273700413213e-08], [0.1, 0.7, 0.2]]
+PYTORCH_ROWS = [[0.2, 0.3, 0.5]]
+
+
+@pytest.fixture
+def models() -> dict[str, FakeClassifier]:
+    return {"sklearn": FakeClassifier(SKLEARN_ROWS), "pytorch": FakeClassifier(PYTORCH_ROWS)}
+
+
+@pytest.fixture
+def client(models: dict[str, FakeClassifier]) -> testing.TestClient:
+    return testing.TestClient(create_app(models, LABELS))
+
+
+def strict_json(result: testing.Result) -> object:
+    """Parses with a parser that refuses NaN and Infinity, as a strict client would."""
+    assert result.headers["content-type"] == "application/json"
+    return msgspec.json.decode(result.content)
+
+
+@pytest.mark.parametrize(("path", "rows"), [("/sklearn", SKLEARN_ROWS), ("/pytorch", PYTORCH_ROWS)])
+def test_model_endpoints(client: testing.TestClient, path: str, rows: list) -> None:
+    result = client.simulate_post(path, json={"crystalData": ROWS})
+    assert result.status_code == 200
+    expected = [rows[i % len(rows)] for i in range(3)]
+    assert strict_json(result) == {
+        "prediction": [LABELS[int(np.argmax(r))] for r in expected],
+        "scores": [dict(zip(LABELS, r, strict=True)) for r in expected],
+    }
+
+
+def test_scores_keep_full_float64_precision(client: testing.TestClient) -> None:
+    result = client.simulate_post("/sklearn", json={"crystalData": ROWS[:1]})
+    assert result.json["scores"][0]["yellow"] == 1.3424273700413213e-08
+    assert result.json["scores"][0]["green"] == 0.007223053394387628
+
+
+def test_rows_reach_the_model_in_order_as_float64(
+    client: testing.TestClient, models: dict[str, FakeClassifier]
+) -> None:
+    client.simulate_post("/pytorch", json={"crystalData": ROWS})
+    (batch,) = models["pytorch"].batches
+    assert batch.dtype == np.float64
+    assert batch.tolist() == ROWS
+    assert models["sklearn"].batches == []
+
+
+@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+def test_astromech_picks_the_model(
+    client: testing.TestClient, models: dict[str, FakeClassifier], model: str
+) -> None:
+    result = client.simulate_post("/astromech", json={"crystalData": ROWS, "model": model})
+    direct = client.simulate_post(f"/{model}", json={"crystalData": ROWS})
+    assert result.status_code == 200
+    assert result.content == direct.content
+    assert len(models[model].batches) == 2
+
+
+def test_no_content_type_is_read_as_json(client: testing.TestClient) -> None:
+    result = client.simulate_post("/sklearn", body=json.dumps({"crystalData": ROWS}))
+    assert result.status_code == 200
+    assert len(result.json["prediction"]) == 3
+
+
+def test_corrupt_data_is_422_with_json_path(client: testing.TestClient) -> None:
+    result = client.simulate_post("/sklearn", json={"crystalData": [ROWS[0], ROWS[1], [1, 2, 3]]})
+    assert result.status_code == 422
+    body = strict_json(result)
+    assert body["title"] == "Invalid crystal data"
+    assert "$.crystalData[2]" in body["description"]
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"[1, 2]", b"null", b'{"crystalData": [[NaN, 1, 2, 3]]}', b"\xff"]
+)
+@pytest.mark.parametrize("path", ["/sklearn", "/pytorch"])
+def test_bad_bodies_are_422(client: testing.TestClient, path: str, raw: bytes) -> None:
+    result = client.simulate_post(path, body=raw, content_type="application/json")
+    assert result.status_code == 422
+    assert "description" in strict_json(result)
+
+
+@pytest.mark.parametrize("model", ["SKLEARN", "", None, 3, ["pytorch"], "keras"])
+def test_astromech_invalid_model_is_400(client: testing.TestClient, model: object) -> None:
+    result = client.simulate_post("/astromech", json={"crystalData": ROWS, "model": model})
+    assert result.status_code == 400
+    assert strict_json(result)["title"] == "Invalid model"
+
+
+def test_astromech_model_is_checked_before_data(client: testing.TestClient) -> None:
+    result = client.simulate_post("/astromech", json={"crystalData": [[1, 2]], "model": "keras"})
+    assert result.status_code == 400
+    missing = client.simulate_post("/astromech", json={"crystalData": "junk"})
+    assert missing.status_code == 400
+
+
+def test_failed_prediction_is_500_without_trace(caplog: pytest.LogCaptureFixture) -> None:
+    models = {"sklearn": FailingClassifier(SKLEARN_ROWS), "pytorch": FakeClassifier(PYTORCH_ROWS)}
+    client = testing.TestClient(create_app(models, LABELS))
+    result = client.simulate_post("/astromech", json={"crystalData": ROWS, "model": "sklearn"})
+    assert result.status_code == 500
+    body = strict_json(result)
+    assert body["title"] == "Prediction failed"
+    assert "boom" not in result.text and "Traceback" not in result.text
+    assert "boom in ORT" in caplog.text
+
+
+def test_unexpected_error_is_500_json_without_detail() -> None:
+    models = {"sklearn": CrashingClassifier(SKLEARN_ROWS), "pytorch": FakeClassifier(PYTORCH_ROWS)}
+    client = testing.TestClient(create_app(models, LABELS))
+    result = client.simulate_post("/sklearn", json={"crystalData": ROWS})
+    assert result.status_code == 500
+    strict_json(result)
+    assert "secret" not in result.text and "Traceback" not in result.text
+
+
+def test_unknown_path_is_404_json(client: testing.TestClient) -> None:
+    result = client.simulate_post("/tensorflow", json={"crystalData": ROWS})
+    assert result.status_code == 404
+    strict_json(result)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405_json(client: testing.TestClient, method: str) -> None:
+    result = client.simulate_request(method, "/sklearn", headers={"Accept": "application/xml"})
+    assert result.status_code == 405
+    strict_json(result)
+
+
+def test_labels_must_match_model_width() -> None:
+    with pytest.raises(StartupError, match="3 outputs but there are 2 labels"):
+        create_app({"sklearn": FakeClassifier(SKLEARN_ROWS)}, ("blue", "green"))
+
+
+def test_large_batch(client: testing.TestClient) -> None:
+    rows = np.random.default_rng(0).uniform(0, 1, size=(10_000, 4)).tolist()
+    result = client.simulate_post("/sklearn", json={"crystalData": rows})
+    assert result.status_code == 200
+    assert len(result.json["scores"]) == 10_000

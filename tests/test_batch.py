@@ -1,0 +1,141 @@
+"""The request decoder: every anomaly of the data is a 422 naming what and where."""
+
+import json
+
+import numpy as np
+import pytest
+
+from serve.batch import decode_astromech, decode_crystal_data
+from serve.errors import InvalidCrystalData, InvalidModel
+
+MODELS = frozenset({"sklearn", "pytorch"})
+ROW = [0.92, 0.12, 0.31, 0.09]
+
+
+def body(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (body({}), "crystalData"),
+        (body({"crystaldata": [ROW]}), "crystalData"),
+        (body({"crystalData": None}), "$.crystalData"),
+        (body({"crystalData": "0.1,0.2,0.3,0.4"}), "$.crystalData"),
+        (body({"crystalData": {"0": ROW}}), "$.crystalData"),
+        (body({"crystalData": []}), "$.crystalData"),
+        (body({"crystalData": [ROW, "row"]}), "$.crystalData[1]"),
+        (body({"crystalData": [ROW, ROW, [1, 2, 3]]}), "$.crystalData[2]"),
+        (body({"crystalData": [[1, 2, 3, 4, 5]]}), "$.crystalData[0]"),
+        (body({"crystalData": [[]]}), "$.crystalData[0]"),
+        (body({"crystalData": ROW}), "$.crystalData[0]"),
+        (body({"crystalData": [[ROW]]}), "$.crystalData[0][0]"),
+        (body({"crystalData": [[0.1, 0.2, 0.3, "0.5"]]}), "$.crystalData[0][3]"),
+        (body({"crystalData": [[0.1, 0.2, 0.3, "abc"]]}), "$.crystalData[0][3]"),
+        (body({"crystalData": [[True, 0.2, 0.3, 0.4]]}), "$.crystalData[0][0]"),
+        (body({"crystalData": [[0.1, None, 0.3, 0.4]]}), "$.crystalData[0][1]"),
+        (body({"crystalData": [[0.1, 0.2, {}, 0.4]]}), "$.crystalData[0][2]"),
+        (b'{"crystalData": [[0.1, 0.2, 0.3, 1e400]]}', "$.crystalData[0][3]"),
+        (b'{"crystalData": [[0.1, 0.2, 0.3, -1e400]]}', "$.crystalData[0][3]"),
+        (b'{"crystalData": [[0.1, 0.2, 0.3, ' + b"9" * 400 + b"]]}", "$.crystalData[0][3]"),
+        (body([ROW]), "object"),
+        (body("crystalData"), "object"),
+        (body(None), "object"),
+    ],
+)
+def test_schema_faults_name_the_json_path(raw: bytes, where: str) -> None:
+    with pytest.raises(InvalidCrystalData, match=r".+") as caught:
+        decode_crystal_data(raw)
+    assert where in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"crystalData": [[0.1, 0.2, 0.3, NaN]]}',
+        b'{"crystalData": [[0.1, 0.2, 0.3, Infinity]]}',
+        b'{"crystalData": [[0.1, 0.2, 0.3, -Infinity]]}',
+        b'{"crystalData": [[0.1, 0.2, 0.3, 0.4]]',
+        b'{"crystalData": [[0.1, 0.2,',
+        b"",
+        b"not json",
+        b"\xff\xfe{}",
+        b'{"crystalData": [[0.1, 0.2, 0.3, 0.4]]} trailing',
+    ],
+)
+def test_malformed_json_is_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidCrystalData, match="not valid JSON"):
+        decode_crystal_data(raw)
+
+
+def test_deep_nesting_is_refused_without_recursion_error() -> None:
+    depth = 100_000
+    raw = b'{"other": ' + b"[" * depth + b"]" * depth + b', "crystalData": [[1, 2, 3, 4]]}'
+    with pytest.raises(InvalidCrystalData, match="nested too deeply"):
+        decode_crystal_data(raw)
+
+
+def test_accepted_forms_keep_values_exactly() -> None:
+    rows = [[0, 1, 2, 3], [-0.5, -1e-300, 1e300, -1.7976931348623157e308], [5e-324, 0.1, 1, 2.5]]
+    batch = decode_crystal_data(body({"crystalData": rows, "extra": "ignored"}))
+    assert batch.dtype == np.float64
+    assert batch.shape == (3, 4)
+    assert batch.tolist() == [[float(v) for v in row] for row in rows]
+
+
+def test_astromech_returns_model_and_rows() -> None:
+    model, batch = decode_astromech(body({"crystalData": [ROW], "model": "pytorch"}), MODELS)
+    assert model == "pytorch"
+    assert batch.tolist() == [ROW]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "SKLEARN",
+        "Sklearn",
+        "sklearn ",
+        "",
+        "tensorflow",
+        None,
+        1,
+        1.5,
+        True,
+        ["sklearn"],
+        {"name": "sklearn"},
+    ],
+)
+def test_astromech_invalid_model(model: object) -> None:
+    with pytest.raises(InvalidModel, match='"pytorch" or "sklearn"'):
+        decode_astromech(body({"crystalData": [ROW], "model": model}), MODELS)
+
+
+def test_astromech_missing_model() -> None:
+    with pytest.raises(InvalidModel, match="model is missing"):
+        decode_astromech(body({"crystalData": [ROW]}), MODELS)
+
+
+@pytest.mark.parametrize(
+    "data", ["[]", "[[1, 2, 3]]", '"junk"', "[[1e400, 0, 0, 0]]", "null", '[[1, 2, 3, "4"]]']
+)
+def test_astromech_checks_model_before_data(data: str) -> None:
+    raw = f'{{"crystalData": {data}, "model": "keras"}}'.encode()
+    with pytest.raises(InvalidModel):
+        decode_astromech(raw, MODELS)
+
+
+def test_astromech_valid_model_with_invalid_data_is_a_data_fault() -> None:
+    with pytest.raises(InvalidCrystalData, match=r"\$\.crystalData\[0\]"):
+        decode_astromech(body({"crystalData": [[1, 2, 3]], "model": "sklearn"}), MODELS)
+
+
+def test_astromech_unparsable_body_is_a_data_fault() -> None:
+    with pytest.raises(InvalidCrystalData, match="not valid JSON"):
+        decode_astromech(b'{"model": "keras", "crystalData": [[1,', MODELS)
+
+
+def test_invalid_model_echo_is_bounded() -> None:
+    with pytest.raises(InvalidModel) as caught:
+        decode_astromech(body({"crystalData": [ROW], "model": "x" * 10_000}), MODELS)
+    assert len(str(caught.value)) < 120
