@@ -1,0 +1,166 @@
+"""The real server: `python -m serve` under gunicorn with 2 workers, on a free loopback port."""
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from live_server import REPO_ROOT, LiveServer
+
+pytestmark = pytest.mark.e2e
+
+ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
+LABELS = ["blue", "green", "yellow"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer().wait_ready()
+    yield live
+    live.stop()
+
+
+def strict_json(response: requests.Response) -> object:
+    assert response.headers["Content-Type"] == "application/json"
+    return json.loads(response.content, parse_constant=lambda c: pytest.fail(f"{c} in body"))
+
+
+@pytest.mark.parametrize("path", ["/sklearn", "/pytorch"])
+def test_model_endpoints(server: LiveServer, path: str) -> None:
+    response = requests.post(server.url + path, json={"crystalData": ROWS}, timeout=10)
+    assert response.status_code == 200
+    body = strict_json(response)
+    assert len(body["prediction"]) == len(body["scores"]) == 3
+    for label, scores in zip(body["prediction"], body["scores"], strict=True):
+        assert list(scores) == LABELS
+        assert label == max(scores, key=scores.get)
+        assert abs(sum(scores.values()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+def test_astromech_matches_direct_endpoint(server: LiveServer, model: str) -> None:
+    direct = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
+    routed = requests.post(
+        f"{server.url}/astromech", json={"crystalData": ROWS, "model": model}, timeout=10
+    )
+    assert routed.status_code == 200
+    assert routed.content == direct.content
+
+
+def test_body_without_content_type(server: LiveServer) -> None:
+    response = requests.post(
+        server.url + "/sklearn", data=json.dumps({"crystalData": ROWS}).encode(), timeout=10
+    )
+    assert "Content-Type" not in response.request.headers
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/sklearn", b'{"crystalData": [[1, 2, 3]]}', 422),
+        ("/pytorch", b'{"crystalData": [[1, 2, 3, 1e39]]}', 422),
+        ("/pytorch", b'{"crystalData": [[1, 2, 3, NaN]]}', 422),
+        ("/sklearn", b'{"crystalData": [[1, 2, 3, 1e400]]}', 422),
+        ("/sklearn", b'{"crystalData": ', 422),
+        ("/astromech", b'{"crystalData": [[1, 2, 3]], "model": "Sklearn"}', 400),
+        ("/astromech", b'{"crystalData": [[1, 2, 3, 4]]}', 400),
+        ("/astromech", b'{"crystalData": [[1, 2, 3]], "model": "sklearn"}', 422),
+        ("/keras", b'{"crystalData": [[1, 2, 3, 4]]}', 404),
+    ],
+)
+def test_error_statuses(server: LiveServer, path: str, body: bytes, status: int) -> None:
+    response = requests.post(server.url + path, data=body, timeout=10)
+    assert response.status_code == status
+    assert strict_json(response)["title"]
+
+
+def test_get_is_405(server: LiveServer) -> None:
+    response = requests.get(server.url + "/astromech", timeout=10)
+    assert response.status_code == 405
+    strict_json(response)
+
+
+def test_ten_thousand_rows(server: LiveServer) -> None:
+    rows = np.random.default_rng(7).uniform(0, 1, size=(10_000, 4)).tolist()
+    for model in ("sklearn", "pytorch"):
+        response = requests.post(
+            f"{server.url}/astromech", json={"crystalData": rows, "model": model}, timeout=10
+        )
+        assert response.status_code == 200
+        assert len(strict_json(response)["scores"]) == 10_000
+
+
+def test_sigterm_finishes_in_flight_request() -> None:
+    live = LiveServer().wait_ready()
+    body = json.dumps({"crystalData": ROWS}).encode()
+    head = (
+        f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
+        client.sendall(head + body[:10])
+        time.sleep(0.5)
+        live.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        client.sendall(body[10:])
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert live.stop() == 0
+    assert "Shutting down: Master" in live.output
+    with pytest.raises(requests.ConnectionError):
+        requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=2)
+
+
+def copy_models(tmp_path: Path) -> Path:
+    target = tmp_path / "models"
+    target.mkdir()
+    for path in (REPO_ROOT / "onnx_models").iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_refuses_to_start_on_tampered_model(tmp_path: Path) -> None:
+    models = copy_models(tmp_path)
+    data = bytearray((models / "pytorch.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models / "pytorch.onnx").write_bytes(bytes(data))
+    live = LiveServer({"MODELS_DIR": str(models)})
+    assert live.process.wait(timeout=30) != 0
+    assert "serve: cannot start: model pytorch: checksum mismatch" in live.output
+    assert "Traceback" not in live.output
+
+
+def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
+    live = LiveServer({"LABELS_FILE": str(tmp_path / "labels.txt")})
+    assert live.process.wait(timeout=30) != 0
+    assert "serve: cannot start: labels file" in live.output
+
+
+def test_refuses_to_start_when_labels_do_not_fit_the_models(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("blue\ngreen\n")
+    live = LiveServer({"LABELS_FILE": str(labels)})
+    assert live.process.wait(timeout=30) != 0
+    assert "has 3 outputs but there are 2 labels" in live.output
+    assert "Traceback" not in live.output
+
+
+def test_refuses_to_start_on_wrong_input_width(tmp_path: Path) -> None:
+    from onnx_builders import softmax_model, write_models_dir
+
+    models = write_models_dir(
+        tmp_path / "models",
+        {"sklearn": softmax_model(np.ones((5, 3))), "pytorch": softmax_model(np.ones((4, 3)))},
+    )
+    live = LiveServer({"MODELS_DIR": str(models)})
+    assert live.process.wait(timeout=30) != 0
+    assert "model sklearn: input shape is ['batch', 5], expected [batch, 4]" in live.output
+    assert "Traceback" not in live.output
