@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from serve.errors import InvalidCrystalData, InvalidModel
+from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
 
 N_FEATURES = 4
 Row = tuple[float, float, float, float]
@@ -44,16 +44,19 @@ def _invalid(exc: Exception) -> InvalidCrystalData:
     return InvalidCrystalData(f"body is not valid JSON: {exc}")
 
 
-def _as_batch(rows: list[Row]) -> np.ndarray:
+def _as_batch(rows: list[Row], max_rows: int) -> np.ndarray:
+    if len(rows) > max_rows:
+        raise PayloadTooLarge(f"crystalData has {len(rows)} rows, the limit is {max_rows}")
     return np.array(rows, dtype=np.float64)
 
 
-def decode_crystal_data(body: bytes) -> np.ndarray:
+def decode_crystal_data(body: bytes, max_rows: int) -> np.ndarray:
     """The `crystalData` rows of a /sklearn or /pytorch body as a [rows, 4] float64 array."""
     try:
-        return _as_batch(_crystal_decoder.decode(body).crystalData)
+        rows = _crystal_decoder.decode(body).crystalData
     except _DECODE_ERRORS as exc:
         raise _invalid(exc) from None
+    return _as_batch(rows, max_rows)
 
 
 def _check_model(model: object, model_names: frozenset[str]) -> str:
@@ -68,7 +71,9 @@ def _check_model(model: object, model_names: frozenset[str]) -> str:
     raise InvalidModel(f"model must be {expected}, got {shown}")
 
 
-def decode_astromech(body: bytes, model_names: frozenset[str]) -> tuple[str, np.ndarray]:
+def decode_astromech(
+    body: bytes, model_names: frozenset[str], max_rows: int
+) -> tuple[str, np.ndarray]:
     """The chosen model and the rows of an /astromech body.
 
     An invalid model is reported before invalid data: when the typed decode fails, the body is
@@ -83,4 +88,4 @@ def decode_astromech(body: bytes, model_names: frozenset[str]) -> tuple[str, np.
             raise _invalid(exc) from None
         _check_model(model, model_names)
         raise _invalid(exc) from None
-    return _check_model(request.model, model_names), _as_batch(request.crystalData)
+    return _check_model(request.model, model_names), _as_batch(request.crystalData, max_rows)

@@ -1,5 +1,6 @@
 """One onnxruntime session wrapper serves every model: the only inference path of the service."""
 
+import hashlib
 from typing import Protocol
 
 import numpy as np
@@ -19,6 +20,8 @@ class Classifier(Protocol):
 
     n_classes: int
     input_dtype: np.dtype
+    output_dtype: np.dtype
+    version: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -40,9 +43,10 @@ class OnnxClassifier:
         except Exception as exc:
             raise StartupError(f"model {name}: onnxruntime cannot load it: {exc}") from None
         self.name = name
-        self.input_dtype, self.n_classes = self._check_contract()
+        self.version = hashlib.sha256(model).hexdigest()[:12]
+        self.input_dtype, self.output_dtype, self.n_classes = self._check_contract()
 
-    def _check_contract(self) -> tuple[np.dtype, int]:
+    def _check_contract(self) -> tuple[np.dtype, np.dtype, int]:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type not in _ONNX_DTYPES:
             raise StartupError(
@@ -54,11 +58,17 @@ class OnnxClassifier:
                 f"expected [batch, {N_FEATURES}]"
             )
         output = next((o for o in outputs if o.name == OUTPUT_NAME), None)
-        if output is None or len(output.shape) != 2 or not isinstance(output.shape[1], int):
+        if (
+            output is None
+            or output.type not in _ONNX_DTYPES
+            or len(output.shape) != 2
+            or not isinstance(output.shape[1], int)
+        ):
             raise StartupError(
-                f"model {self.name}: expected an output {OUTPUT_NAME!r} of shape [batch, classes]"
+                f"model {self.name}: expected a float or double output {OUTPUT_NAME!r} "
+                "of shape [batch, classes]"
             )
-        return _ONNX_DTYPES[inputs[0].type], output.shape[1]
+        return _ONNX_DTYPES[inputs[0].type], _ONNX_DTYPES[output.type], output.shape[1]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities as float64, one row per input row.

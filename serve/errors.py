@@ -18,6 +18,16 @@ class InvalidModel(ServiceError):
     title = "Invalid model"
 
 
+class PayloadTooLarge(ServiceError):
+    status = "413 Content Too Large"
+    title = "Request too large"
+
+
+class ModelNotReady(ServiceError):
+    status = "503 Service Unavailable"
+    title = "Model not ready"
+
+
 class PredictionFailed(ServiceError):
     status = "500 Internal Server Error"
     title = "Prediction failed"

@@ -1,5 +1,9 @@
 """gunicorn settings for production, read from the environment through serve.settings."""
 
+import os
+import shutil
+import tempfile
+
 from serve.settings import Settings
 
 _settings = Settings.from_env()
@@ -20,3 +24,27 @@ reload = False
 control_socket_disable = True
 errorlog = "-"
 loglevel = "info"
+accesslog = None  # the app writes one JSON line per request itself
+
+
+def on_starting(server) -> None:
+    """A fresh metrics folder per server, made before any worker imports prometheus_client."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        shutil.rmtree(configured, ignore_errors=True)
+        os.makedirs(configured)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crystal-metrics-")
+        server._owns_metrics_dir = True
+
+
+def child_exit(server, worker) -> None:
+    """A dead worker's live gauges stop counting; its counters and histograms stay summed."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if getattr(server, "_owns_metrics_dir", False):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

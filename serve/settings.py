@@ -29,6 +29,14 @@ def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Requests beyond these are answered 413 before they cost memory or time."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_rows: int = 100_000
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str
     port: int
@@ -40,6 +48,7 @@ class Settings:
     inter_op_threads: int
     timeout: int
     graceful_timeout: int
+    limits: Limits
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -56,4 +65,8 @@ class Settings:
             inter_op_threads=_int(env, "ORT_INTER_OP_THREADS", 1, 1),
             timeout=_int(env, "TIMEOUT", 30, 1),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 30, 1),
+            limits=Limits(
+                max_body_bytes=_int(env, "MAX_BODY_BYTES", Limits.max_body_bytes, 1),
+                max_rows=_int(env, "MAX_ROWS", Limits.max_rows, 1),
+            ),
         )

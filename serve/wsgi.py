@@ -5,10 +5,12 @@ from gunicorn.errors import AppImportError
 
 from serve.app import get_app
 from serve.errors import StartupError
+from serve.logs import configure_logging
 
 
 def application() -> falcon.App:
     """gunicorn prints an AppImportError as one line and halts the whole server."""
+    configure_logging()
     try:
         return get_app()
     except StartupError as exc:
