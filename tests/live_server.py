@@ -12,7 +12,6 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_ROW = {"crystalData": [[0.5, 0.5, 0.5, 0.5]]}
 
 
 def free_port() -> int:
@@ -46,7 +45,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output}")
             try:
-                if requests.post(f"{self.url}/sklearn", json=READY_ROW, timeout=1).ok:
+                if requests.get(f"{self.url}/v2/health/ready", timeout=1).ok:
                     return self
             except requests.ConnectionError:
                 pass
