@@ -8,6 +8,7 @@ import falcon
 import msgspec
 
 from serve import health
+from serve.batch import CrystalDecoder
 from serve.classifier import Classifier, OnnxClassifier
 from serve.errors import ServiceError
 from serve.labels import load_labels
@@ -81,9 +82,10 @@ def create_app(
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(ServiceError, _service_error)
     limits = limits or Limits()
+    decoder = CrystalDecoder(limits, registry.names)
     for name in sorted(models):
-        app.add_route(f"/{name}", ModelResource(registry, name, limits))
-    app.add_route("/astromech", AstromechResource(registry, limits))
+        app.add_route(f"/{name}", ModelResource(registry, decoder, name, limits))
+    app.add_route("/astromech", AstromechResource(registry, decoder, limits))
     app.add_route("/v2", health.ServerMetadata())
     app.add_route("/v2/health/live", health.Liveness())
     app.add_route("/v2/health/ready", health.Readiness(registry))

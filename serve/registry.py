@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import numpy as np
 
+from serve.batch import N_FEATURES
 from serve.classifier import INPUT_NAME, OUTPUT_NAME, Classifier
 from serve.errors import ModelNotReady, ServiceError, StartupError
 from serve.metrics import Metrics
@@ -74,7 +75,11 @@ class ModelRegistry:
             "versions": [model.version],
             "platform": "onnxruntime_onnx",
             "inputs": [
-                {"name": INPUT_NAME, "datatype": _V2_DATATYPES[model.input_dtype], "shape": [-1, 4]}
+                {
+                    "name": INPUT_NAME,
+                    "datatype": _V2_DATATYPES[model.input_dtype],
+                    "shape": [-1, N_FEATURES],
+                }
             ],
             "outputs": [
                 {

@@ -3,7 +3,7 @@
 import falcon
 import numpy as np
 
-from serve.batch import decode_astromech, decode_crystal_data
+from serve.batch import CrystalDecoder
 from serve.body import read_body
 from serve.registry import ModelRegistry
 from serve.settings import Limits
@@ -24,26 +24,30 @@ def _answer(
 class ModelResource:
     """/sklearn and /pytorch: one fixed model. Bodies are JSON whatever their Content-Type."""
 
-    def __init__(self, registry: ModelRegistry, model: str, limits: Limits):
+    def __init__(
+        self, registry: ModelRegistry, decoder: CrystalDecoder, model: str, limits: Limits
+    ):
         self._registry = registry
+        self._decoder = decoder
         self._model = model
         self._limits = limits
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.model = self._model
         body = read_body(req, self._limits.max_body_bytes)
-        batch = decode_crystal_data(body, self._limits.max_rows)
+        batch = self._decoder.crystal_data(body)
         _answer(req, resp, self._registry, self._model, batch)
 
 
 class AstromechResource:
     """/astromech: the body names the model."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits):
+    def __init__(self, registry: ModelRegistry, decoder: CrystalDecoder, limits: Limits):
         self._registry = registry
+        self._decoder = decoder
         self._limits = limits
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_body(req, self._limits.max_body_bytes)
-        model, batch = decode_astromech(body, self._registry.names, self._limits.max_rows)
+        model, batch = self._decoder.astromech(body)
         _answer(req, resp, self._registry, model, batch)

@@ -23,6 +23,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StartupError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise StartupError(f"{name} must be positive and finite, got {raw!r}")
+    return value
+
+
 def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
     raw = env.get(name, "").strip()
     return Path(raw) if raw else default
@@ -34,6 +47,8 @@ class Limits:
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_rows: int = 100_000
+    # No crystal measurement comes near; the bound keeps every model's arithmetic finite.
+    max_abs_value: float = 1e12
 
 
 @dataclass(frozen=True)
@@ -68,5 +83,6 @@ class Settings:
             limits=Limits(
                 max_body_bytes=_int(env, "MAX_BODY_BYTES", Limits.max_body_bytes, 1),
                 max_rows=_int(env, "MAX_ROWS", Limits.max_rows, 1),
+                max_abs_value=_float(env, "MAX_ABS_VALUE", Limits.max_abs_value),
             ),
         )

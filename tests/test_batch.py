@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from serve.batch import decode_astromech, decode_crystal_data
+from serve.batch import CrystalDecoder
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
+from serve.settings import Limits
 
 MODELS = frozenset({"sklearn", "pytorch"})
 MAX_ROWS = 100
+DECODER = CrystalDecoder(Limits(max_rows=MAX_ROWS), MODELS)
 ROW = [0.92, 0.12, 0.31, 0.09]
 
 
@@ -47,7 +49,7 @@ def body(value: object) -> bytes:
 )
 def test_schema_faults_name_the_json_path(raw: bytes, where: str) -> None:
     with pytest.raises(InvalidCrystalData, match=r".+") as caught:
-        decode_crystal_data(raw, MAX_ROWS)
+        DECODER.crystal_data(raw)
     assert where in str(caught.value)
 
 
@@ -67,28 +69,26 @@ def test_schema_faults_name_the_json_path(raw: bytes, where: str) -> None:
 )
 def test_malformed_json_is_refused(raw: bytes) -> None:
     with pytest.raises(InvalidCrystalData, match="not valid JSON"):
-        decode_crystal_data(raw, MAX_ROWS)
+        DECODER.crystal_data(raw)
 
 
 def test_deep_nesting_is_refused_without_recursion_error() -> None:
     depth = 100_000
     raw = b'{"other": ' + b"[" * depth + b"]" * depth + b', "crystalData": [[1, 2, 3, 4]]}'
     with pytest.raises(InvalidCrystalData, match="nested too deeply"):
-        decode_crystal_data(raw, MAX_ROWS)
+        DECODER.crystal_data(raw)
 
 
 def test_accepted_forms_keep_values_exactly() -> None:
-    rows = [[0, 1, 2, 3], [-0.5, -1e-300, 1e300, -1.7976931348623157e308], [5e-324, 0.1, 1, 2.5]]
-    batch = decode_crystal_data(body({"crystalData": rows, "extra": "ignored"}), MAX_ROWS)
+    rows = [[0, 1, 2, 3], [-0.5, -1e-300, 1e12, -1e12], [5e-324, 0.1, 1, 2.5]]
+    batch = DECODER.crystal_data(body({"crystalData": rows, "extra": "ignored"}))
     assert batch.dtype == np.float64
     assert batch.shape == (3, 4)
     assert batch.tolist() == [[float(v) for v in row] for row in rows]
 
 
 def test_astromech_returns_model_and_rows() -> None:
-    model, batch = decode_astromech(
-        body({"crystalData": [ROW], "model": "pytorch"}), MODELS, MAX_ROWS
-    )
+    model, batch = DECODER.astromech(body({"crystalData": [ROW], "model": "pytorch"}))
     assert model == "pytorch"
     assert batch.tolist() == [ROW]
 
@@ -111,12 +111,12 @@ def test_astromech_returns_model_and_rows() -> None:
 )
 def test_astromech_invalid_model(model: object) -> None:
     with pytest.raises(InvalidModel, match='"pytorch" or "sklearn"'):
-        decode_astromech(body({"crystalData": [ROW], "model": model}), MODELS, MAX_ROWS)
+        DECODER.astromech(body({"crystalData": [ROW], "model": model}))
 
 
 def test_astromech_missing_model() -> None:
     with pytest.raises(InvalidModel, match="model is missing"):
-        decode_astromech(body({"crystalData": [ROW]}), MODELS, MAX_ROWS)
+        DECODER.astromech(body({"crystalData": [ROW]}))
 
 
 @pytest.mark.parametrize(
@@ -125,33 +125,45 @@ def test_astromech_missing_model() -> None:
 def test_astromech_checks_model_before_data(data: str) -> None:
     raw = f'{{"crystalData": {data}, "model": "keras"}}'.encode()
     with pytest.raises(InvalidModel):
-        decode_astromech(raw, MODELS, MAX_ROWS)
+        DECODER.astromech(raw)
 
 
 def test_astromech_valid_model_with_invalid_data_is_a_data_fault() -> None:
     with pytest.raises(InvalidCrystalData, match=r"\$\.crystalData\[0\]"):
-        decode_astromech(body({"crystalData": [[1, 2, 3]], "model": "sklearn"}), MODELS, MAX_ROWS)
+        DECODER.astromech(body({"crystalData": [[1, 2, 3]], "model": "sklearn"}))
 
 
 def test_astromech_unparsable_body_is_a_data_fault() -> None:
     with pytest.raises(InvalidCrystalData, match="not valid JSON"):
-        decode_astromech(b'{"model": "keras", "crystalData": [[1,', MODELS, MAX_ROWS)
+        DECODER.astromech(b'{"model": "keras", "crystalData": [[1,')
 
 
 def test_invalid_model_echo_is_bounded() -> None:
     with pytest.raises(InvalidModel) as caught:
-        decode_astromech(body({"crystalData": [ROW], "model": "x" * 10_000}), MODELS, MAX_ROWS)
+        DECODER.astromech(body({"crystalData": [ROW], "model": "x" * 10_000}))
     assert len(str(caught.value)) < 120
 
 
 def test_row_limit_is_inclusive() -> None:
-    assert decode_crystal_data(body({"crystalData": [ROW] * MAX_ROWS}), MAX_ROWS).shape == (
+    assert DECODER.crystal_data(body({"crystalData": [ROW] * MAX_ROWS})).shape == (
         MAX_ROWS,
         4,
     )
     with pytest.raises(PayloadTooLarge, match=f"{MAX_ROWS + 1} rows, the limit is {MAX_ROWS}"):
-        decode_crystal_data(body({"crystalData": [ROW] * (MAX_ROWS + 1)}), MAX_ROWS)
+        DECODER.crystal_data(body({"crystalData": [ROW] * (MAX_ROWS + 1)}))
     with pytest.raises(PayloadTooLarge):
-        decode_astromech(
-            body({"crystalData": [ROW] * (MAX_ROWS + 1), "model": "sklearn"}), MODELS, MAX_ROWS
-        )
+        DECODER.astromech(body({"crystalData": [ROW] * (MAX_ROWS + 1), "model": "sklearn"}))
+
+
+@pytest.mark.parametrize("value", ["1000000000000.5", "-1e13", "1e300", "-1.7976931348623157e308"])
+def test_values_beyond_the_bound_are_refused(value: str) -> None:
+    raw = f'{{"crystalData": [[0, 0, 0, 0], [0, 0, {value}, 0]]}}'.encode()
+    with pytest.raises(InvalidCrystalData, match=r"\$\.crystalData\[1\]\[2\]"):
+        DECODER.crystal_data(raw)
+
+
+def test_the_bound_is_configurable() -> None:
+    decoder = CrystalDecoder(Limits(max_abs_value=1e300), MODELS)
+    assert decoder.crystal_data(b'{"crystalData": [[1e300, 0, 0, -1e300]]}').tolist() == [
+        [1e300, 0, 0, -1e300]
+    ]
