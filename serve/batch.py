@@ -33,6 +33,18 @@ def _invalid(exc: Exception) -> InvalidCrystalData:
     return InvalidCrystalData(f"body is not valid JSON: {exc}")
 
 
+def _check_utf8(body: bytes) -> None:
+    """JSON is UTF-8; msgspec checks only the strings it keeps, so check the whole body once.
+
+    The ASCII test allocates nothing and covers almost every body; only others are decoded.
+    """
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidCrystalData(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
 def _check_model(model: object, model_names: frozenset[str]) -> str:
     if isinstance(model, str) and model in model_names:
         return model
@@ -68,6 +80,7 @@ class CrystalDecoder:
 
     def crystal_data(self, body: bytes) -> np.ndarray:
         """The rows of a /sklearn or /pytorch body."""
+        _check_utf8(body)
         try:
             rows = self._crystal.decode(body).crystalData
         except _DECODE_ERRORS as exc:
@@ -80,6 +93,7 @@ class CrystalDecoder:
         An invalid model is reported before invalid data: when the typed decode fails, the body
         is read again for its `model` field alone, to tell which of the two is at fault.
         """
+        _check_utf8(body)
         try:
             request = self._astromech.decode(body)
         except _DECODE_ERRORS as exc:

@@ -28,6 +28,11 @@ class ModelRegistry:
                 )
         self._models = dict(models)
         self._labels = tuple(labels)
+        # A struct per score row: lighter to build and to encode than a dict, same JSON.
+        fields = [f"p{i}" for i in range(len(labels))]
+        self._scores = msgspec.defstruct(
+            "Scores", fields, rename=dict(zip(fields, labels, strict=True))
+        )
         self._metrics = metrics
         self.names = frozenset(models)
         self._ready = {name: self._warm_up(model) for name, model in self._models.items()}
@@ -59,11 +64,11 @@ class ModelRegistry:
         started = time.perf_counter()
         probabilities = self._models[name].predict(batch)
         self._metrics.inference_seconds.labels(name).observe(time.perf_counter() - started)
-        labels = self._labels
+        labels, scores = self._labels, self._scores
         return _encoder.encode(
             {
                 "prediction": [labels[i] for i in probabilities.argmax(axis=1).tolist()],
-                "scores": [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()],
+                "scores": [scores(*row) for row in probabilities.tolist()],
             }
         )
 

@@ -45,9 +45,9 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output}")
             try:
-                if requests.get(f"{self.url}/v2/health/ready", timeout=1).ok:
+                if requests.get(f"{self.url}/v2/health/ready", timeout=5).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         self.stop()

@@ -1,0 +1,113 @@
+"""Hostile bodies against the live multi-worker server. The oversized bodies (declared and
+chunked) are in test_operate_e2e.py."""
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from live_server import LiveServer
+from test_operate_e2e import rss_kib, worker_pids
+
+pytestmark = pytest.mark.e2e
+ROW = [0.92, 0.12, 0.31, 0.09]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer().wait_ready()
+    yield live
+    live.stop()
+
+
+def post(server: LiveServer, path: str, body: bytes) -> requests.Response:
+    return requests.post(server.url + path, data=body, timeout=60)
+
+
+def assert_still_serving(server: LiveServer) -> None:
+    response = requests.post(server.url + "/sklearn", json={"crystalData": [ROW]}, timeout=10)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/sklearn", "/astromech"])
+def test_deeply_nested_json(server: LiveServer, path: str) -> None:
+    depth = 100_000
+    for body in (
+        b"[" * depth + b"]" * depth,
+        b'{"crystalData": ' + b"[" * depth + b"]" * depth + b"}",
+        b'{"x": ' + b"[" * depth + b"]" * depth + b', "crystalData": [[1, 2, 3, 4]]}',
+    ):
+        response = post(server, path, body)
+        assert response.status_code in (400, 422)
+        assert response.json()["title"]
+    assert "RecursionError" not in server.output
+    assert "Traceback" not in server.output
+    assert_still_serving(server)
+
+
+def test_ten_megabyte_string(server: LiveServer) -> None:
+    body = json.dumps({"crystalData": [[0, 0, 0, "x" * (10 * 1024 * 1024)]]}).encode()
+    response = post(server, "/pytorch", body)
+    assert response.status_code == 422
+    assert len(response.content) < 300  # the value is not echoed
+    assert_still_serving(server)
+
+
+def test_a_million_tiny_rows(server: LiveServer) -> None:
+    body = b'{"crystalData": [' + b",".join([b"[0,0,0,0]"] * 1_000_000) + b"]}"
+    response = post(server, "/sklearn", body)
+    assert response.status_code == 413
+    assert "1000000 rows, the limit is 100000" in response.json()["description"]
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"crystalData": [[1, 2, 3, 4]], "model": "\xff\xfe"}', b"\xc3\x28", b"\xed\xa0\x80"]
+)
+def test_invalid_utf8(server: LiveServer, body: bytes) -> None:
+    assert post(server, "/astromech", body).status_code in (400, 422)
+    assert_still_serving(server)
+
+
+def test_slow_client_does_not_block_others(server: LiveServer) -> None:
+    body = json.dumps({"crystalData": [ROW]}).encode()
+    head = f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    slow_answer = []
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            for byte in head + body:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.02)
+            slow_answer.append(sock.recv(4096))
+
+    slow = threading.Thread(target=trickle)
+    slow.start()
+    served = 0
+    while slow.is_alive():
+        started = time.monotonic()
+        assert_still_serving(server)
+        assert time.monotonic() - started < 1.0
+        served += 1
+    slow.join()
+    assert served > 20
+    assert slow_answer and slow_answer[0].startswith(b"HTTP/1.1 200")
+
+
+def test_memory_plateaus_under_repeated_large_batches() -> None:
+    """The allocator keeps the peak of a 100,000-row request; repeating it must not grow it."""
+    live = LiveServer({"WORKERS": "1"}).wait_ready()
+    try:
+        body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+        for _ in range(10):  # reach the worker's peak
+            assert post(live, "/pytorch", body).status_code == 200
+        (pid,) = worker_pids(live)
+        plateau = rss_kib(pid)
+        for _ in range(20):
+            assert post(live, "/pytorch", body).status_code == 200
+        assert rss_kib(pid) - plateau < 16 * 1024, "the worker kept growing"
+    finally:
+        live.stop()
