@@ -18,16 +18,23 @@ from serve.registry import ModelRegistry
 from serve.resources import AstromechResource, ModelResource
 from serve.settings import Limits, Settings
 from serve.telemetry import RequestTelemetry
+from serve.v2 import InferResource
 
 logger = logging.getLogger("serve")
 OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.json"
 
 
 def _json_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
-    """Every error answer is JSON, whatever the client accepts; the access log keeps its cause."""
+    """Every error answer is JSON, whatever the client accepts; the access log keeps its cause.
+
+    The Open Inference Protocol's endpoints answer in its own shape, `{"error": "..."}`.
+    """
     req.context.error = error.description or error.title
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = msgspec.json.encode(error.to_dict())
+    if req.context.get("error_shape") == "v2":
+        resp.data = msgspec.json.encode({"error": req.context.error})
+    else:
+        resp.data = msgspec.json.encode(error.to_dict())
 
 
 def _service_error(
@@ -91,6 +98,7 @@ def create_app(
     app.add_route("/v2/health/ready", health.Readiness(registry))
     app.add_route("/v2/models/{name}", health.ModelMetadata(registry))
     app.add_route("/v2/models/{name}/ready", health.ModelReadiness(registry))
+    app.add_route("/v2/models/{name}/infer", InferResource(registry, limits))
     app.add_route("/metrics", health.MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiSpec(OPENAPI_SPEC.read_bytes()))
     return app

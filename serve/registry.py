@@ -53,24 +53,33 @@ class ModelRegistry:
     def all_ready(self) -> bool:
         return all(self._ready.values())
 
-    def predict(self, name: str, batch: np.ndarray) -> bytes:
-        """The JSON answer: one label (the most probable class) and one score object per row.
-
-        Scores keep full float64 precision; float32 outputs are widened as `tolist()` widens them.
-        """
+    def run(self, name: str, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Probabilities (float64) and the most probable label of every row."""
         if not self._ready[name]:
             raise ModelNotReady(f"model {name} failed its warm-up inference")
         self._metrics.rows.labels(name).observe(len(batch))
         started = time.perf_counter()
         probabilities = self._models[name].predict(batch)
         self._metrics.inference_seconds.labels(name).observe(time.perf_counter() - started)
-        labels, scores = self._labels, self._scores
+        labels = self._labels
+        return probabilities, [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+
+    def predict(self, name: str, batch: np.ndarray) -> bytes:
+        """The droids' JSON answer: one label and one score object per row.
+
+        Scores keep full float64 precision; float32 outputs are widened as `tolist()` widens them.
+        """
+        probabilities, prediction = self.run(name, batch)
+        scores = self._scores
         return _encoder.encode(
-            {
-                "prediction": [labels[i] for i in probabilities.argmax(axis=1).tolist()],
-                "scores": [scores(*row) for row in probabilities.tolist()],
-            }
+            {"prediction": prediction, "scores": [scores(*row) for row in probabilities.tolist()]}
         )
+
+    def version(self, name: str) -> str:
+        return self._models[name].version
+
+    def output_datatype(self, name: str) -> str:
+        return _V2_DATATYPES[self._models[name].output_dtype]
 
     def metadata(self, name: str) -> dict:
         """The model in the Open Inference Protocol's metadata shape, plus its labels."""

@@ -19,17 +19,15 @@ def server() -> Iterator[LiveServer]:
     live.stop()
 
 
-def test_schemathesis_finds_no_failure(server: LiveServer, tmp_path: Path) -> None:
-    """At least 1,000 generated cases; every check: no 5xx, every answer conforms to the spec."""
+def schemathesis(url: str, cwd: Path, *options: str) -> int:
+    """Runs the CLI with every check; returns how many cases it generated, all passing."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "schemathesis.cli",
             "run",
-            f"{server.url}/openapi.json",
-            "--checks",
-            "all",
+            f"{url}/openapi.json",
             "--max-examples",
             "100",
             "--seed",
@@ -37,8 +35,9 @@ def test_schemathesis_finds_no_failure(server: LiveServer, tmp_path: Path) -> No
             "--suppress-health-check",
             "all",
             "--no-color",
+            *options,
         ],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
@@ -46,6 +45,26 @@ def test_schemathesis_finds_no_failure(server: LiveServer, tmp_path: Path) -> No
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", summary).groups())
-    assert generated == passed
-    assert generated >= 1000, summary
+    assert generated == passed, summary
+    return generated
+
+
+def test_schemathesis_finds_no_failure(server: LiveServer, tmp_path: Path) -> None:
+    """At least 1,000 generated cases: no 5xx, every answer conforms to the spec."""
+    generated = schemathesis(
+        server.url, tmp_path, "--checks", "all", "--exclude-operation-id", "modelInfer"
+    )
+    # A tensor is valid only when its data fit its shape, which a JSON schema cannot say, so
+    # schema-valid inference requests may rightly get 400: that one check is left out there.
+    generated += schemathesis(
+        server.url,
+        tmp_path,
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--include-operation-id",
+        "modelInfer",
+    )
+    assert generated >= 1000
     assert "Traceback" not in server.output

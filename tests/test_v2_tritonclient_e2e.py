@@ -1,0 +1,109 @@
+"""The Open Inference Protocol through the real tritonclient, against the live server."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as triton
+from live_server import LiveServer
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.e2e
+
+ROWS = np.array(
+    [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98], [0, 1, 2, 3]]
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer().wait_ready()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+
+
+def infer(client, model: str, rows: np.ndarray, datatype: str, outputs=None, request_id=""):
+    tensor = triton.InferInput("input", list(rows.shape), datatype)
+    tensor.set_data_from_numpy(rows, binary_data=False)
+    requested = [triton.InferRequestedOutput(name, binary_data=False) for name in outputs or []]
+    return client.infer(model, [tensor], outputs=requested or None, request_id=request_id)
+
+
+def test_server_probes_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("sklearn")
+    assert client.get_server_metadata()["name"] == "crystal-serving"
+    metadata = client.get_model_metadata("pytorch")
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["outputs"][0]["name"] == "probabilities"
+
+
+@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+@pytest.mark.parametrize("datatype", ["FP64", "FP32"])
+def test_infer_equals_droid_endpoint(
+    server: LiveServer, client: triton.InferenceServerClient, model: str, datatype: str
+) -> None:
+    rows = ROWS.astype(np.float32 if datatype == "FP32" else np.float64)
+    result = infer(client, model, rows, datatype, request_id="req-7")
+    droid = requests.post(
+        f"{server.url}/{model}", json={"crystalData": rows.tolist()}, timeout=10
+    ).json()
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (4, 3)
+    expected = np.array([list(s.values()) for s in droid["scores"]])
+    assert np.array_equal(probabilities.astype(np.float64), expected)
+    assert probabilities.dtype == (np.float64 if model == "sklearn" else np.float32)
+    assert list(result.as_numpy("label")) == droid["prediction"]
+    response = result.get_response()
+    assert response["model_name"] == model
+    assert response["id"] == "req-7"
+    assert response["model_version"] == client.get_model_metadata(model)["versions"][0]
+
+
+def test_requested_outputs_only(client: triton.InferenceServerClient) -> None:
+    result = infer(client, "sklearn", ROWS, "FP64", outputs=["label"])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
+    assert result.as_numpy("probabilities") is None
+
+
+@pytest.mark.parametrize(
+    ("model", "rows", "datatype", "message"),
+    [
+        ("keras", ROWS, "FP64", "no model named 'keras'"),
+        ("sklearn", ROWS.astype(np.int32), "INT32", "datatype must be FP64 or FP32"),
+        ("sklearn", ROWS[:, :3], "FP64", "input shape must be [n, 4]"),
+        ("pytorch", np.full((1, 4), 1e13), "FP64", "<= 1000000000000.0"),
+    ],
+)
+def test_errors_surface_through_the_client(
+    client: triton.InferenceServerClient, model: str, rows: np.ndarray, datatype: str, message: str
+) -> None:
+    with pytest.raises(InferenceServerException, match=message.replace("[", r"\[")):
+        infer(client, model, rows, datatype)
+
+
+@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+def test_client_defaults_binary_inputs_and_outputs(
+    client: triton.InferenceServerClient, model: str
+) -> None:
+    """tritonclient's defaults: binary input tensor, binary outputs asked for; JSON comes back."""
+    tensor = triton.InferInput("input", [4, 4], "FP64")
+    tensor.set_data_from_numpy(ROWS)
+    binary = client.infer(model, [tensor]).as_numpy("probabilities")
+    as_json = infer(client, model, ROWS, "FP64").as_numpy("probabilities")
+    assert np.array_equal(binary, as_json)
+
+
+def test_binary_input_values_are_checked(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [1, 4], "FP64")
+    tensor.set_data_from_numpy(np.array([[0.1, np.nan, 0.2, 0.3]]))
+    with pytest.raises(InferenceServerException, match="input value 1 is not a finite number"):
+        client.infer("sklearn", [tensor])
