@@ -7,7 +7,7 @@ SKLEARN_MODEL ?= export/sources/sklearn.joblib
 PYTORCH_MODEL ?= export/sources/pytorch.pt
 OUT ?= onnx_models
 
-.PHONY: install runtime serve export test lint format sources
+.PHONY: install runtime serve export test lint format sources bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,8 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Benchmark: the service against the floor and native designs (a few minutes; see README).
+bench: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python -m bench --out bench/results

@@ -1,0 +1,166 @@
+"""Load generators: wrk (C, epoll) when it can be had, a small Python client otherwise.
+
+Both run for a fixed time against one URL with N connections, cycling through the cell's bodies,
+either keeping each connection open (keep-alive) or opening one per request (close).
+"""
+
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
+RESULT_MARK = "BENCH_RESULT "
+# A hard cap on what one client thread sends, on top of the time limit.
+MAX_REQUESTS_PER_CONNECTION = 1_000_000
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One measured run: completed requests over the run's time, errors, latency percentiles."""
+
+    requests: int
+    seconds: float
+    http_errors: int  # answers with status >= 400
+    socket_errors: int  # connect, read, write failures and timeouts
+    p50_ms: float
+    p99_ms: float
+    client_cpu_s: float = 0.0  # CPU the load generator itself used: it shares the two cores
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.http_errors + self.socket_errors
+
+
+def ensure_wrk(install: bool) -> str | None:
+    """wrk's path; installed from Debian's packages first when missing, allowed and root."""
+    found = shutil.which("wrk")
+    if found or not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        done = subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        if done.returncode != 0:
+            return None
+    return shutil.which("wrk")
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    bodies: list[Path],
+    connections: int,
+    threads: int,
+    seconds: int,
+    keep_alive: bool,
+) -> LoadResult:
+    """One wrk run; post.lua prints the summary as a JSON line."""
+    command = [wrk, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s"]
+    command += ["--timeout", "5s", "-s", str(LUA_SCRIPT)]
+    if not keep_alive:
+        command += ["-H", "Connection: close"]
+    command += [url, "--", *map(str, bodies)]
+    before = _children_cpu()
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    summary = json.loads(lines[-1].removeprefix(RESULT_MARK))
+    return LoadResult(
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        http_errors=summary["status"],
+        socket_errors=sum(summary[k] for k in ("connect", "read", "write", "timeout")),
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        client_cpu_s=_children_cpu() - before,
+    )
+
+
+def _children_cpu() -> float:
+    """User and system CPU seconds of this process's waited-for children so far."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def run_python(
+    url: str, bodies: list[Path], connections: int, seconds: float, keep_alive: bool
+) -> LoadResult:
+    """The fallback: one thread per connection with http.client. The GIL caps what it can send,
+    so its figures show the client's limits more than the server's; fine for a smoke run."""
+    parts = urlsplit(url)
+    payloads = [path.read_bytes() for path in bodies]
+    headers = {"Content-Type": "application/json"}
+    if not keep_alive:
+        headers["Connection"] = "close"
+    latencies: list[float] = []
+    counts = {"http": 0, "socket": 0}
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        mine, http_errors, socket_errors = [], 0, 0
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        for i in range(MAX_REQUESTS_PER_CONNECTION):
+            if time.perf_counter() >= deadline:
+                break
+            started = time.perf_counter()
+            try:
+                connection.request("POST", parts.path, payloads[i % len(payloads)], headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                socket_errors += 1
+                connection.close()
+                continue
+            mine.append((time.perf_counter() - started) * 1000)
+            http_errors += response.status >= 400
+            if not keep_alive:
+                connection.close()
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            counts["http"] += http_errors
+            counts["socket"] += socket_errors
+
+    started, cpu_before = time.perf_counter(), _own_cpu()
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return LoadResult(
+        requests=len(latencies),
+        seconds=elapsed,
+        http_errors=counts["http"],
+        socket_errors=counts["socket"],
+        p50_ms=statistics.median(latencies) if latencies else 0.0,
+        p99_ms=_percentile(latencies, 0.99),
+        client_cpu_s=_own_cpu() - cpu_before,
+    )
