@@ -164,3 +164,66 @@ def test_refuses_to_start_on_wrong_input_width(tmp_path: Path) -> None:
     assert live.process.wait(timeout=30) != 0
     assert "model sklearn: input shape is ['batch', 5], expected [batch, 4]" in live.output
     assert "Traceback" not in live.output
+
+
+@pytest.fixture(scope="module")
+def handout_server(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The data team's own models, exported by `python -m export`, served by the real server."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("handout") / "onnx_models"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--sklearn-model",
+            str(handout_dir / "sklearn.model"),
+            "--pytorch-model",
+            str(handout_dir / "pytorch.model"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    live = LiveServer({"MODELS_DIR": str(out)}).wait_ready()
+    yield live
+    live.stop()
+
+
+# The handout README's published example, as predict_proba returns it in float64.
+PUBLISHED = [
+    [0.9927769331813387, 0.007223053394387628, 1.3424273700413213e-08],
+    [0.9924667517303258, 0.007533175370560812, 7.28991131694263e-08],
+    [0.9954911544544908, 0.004508736468972019, 1.0907653719137907e-07],
+]
+
+
+def test_handout_models_through_the_server_match_the_frameworks(
+    handout_server: LiveServer, handout_dir: Path
+) -> None:
+    import torch
+
+    from export.sources import load_pytorch, load_sklearn
+
+    rows = np.concatenate([np.array(ROWS), np.random.default_rng(11).uniform(0, 1, size=(500, 4))])
+    payload = {"crystalData": rows.tolist()}
+    sklearn_answer = requests.post(handout_server.url + "/sklearn", json=payload, timeout=30)
+    pytorch_answer = requests.post(
+        handout_server.url + "/astromech", json={**payload, "model": "pytorch"}, timeout=30
+    )
+    sklearn_scores = np.array([list(s.values()) for s in sklearn_answer.json()["scores"]])
+    pytorch_scores = np.array([list(s.values()) for s in pytorch_answer.json()["scores"]])
+
+    assert sklearn_scores[:3].tolist() == PUBLISHED  # to the last bit
+    native_sklearn = load_sklearn(handout_dir / "sklearn.model").model.predict_proba(rows)
+    assert np.abs(sklearn_scores - native_sklearn).max() <= 1e-12
+    network = load_pytorch(handout_dir / "pytorch.model").model
+    with torch.no_grad():
+        native_pytorch = network(torch.tensor(rows, dtype=torch.float32)).numpy()
+    assert np.abs(pytorch_scores - native_pytorch).max() <= 1e-6
+    assert sklearn_answer.json()["prediction"] == [LABELS[i] for i in native_sklearn.argmax(axis=1)]
+    assert pytorch_answer.json()["prediction"] == [LABELS[i] for i in native_pytorch.argmax(axis=1)]
