@@ -12,6 +12,7 @@ from serve.batch import CrystalDecoder
 from serve.classifier import Classifier, OnnxClassifier
 from serve.errors import ServiceError
 from serve.labels import load_labels
+from serve.logs import AccessLog
 from serve.manifest import read_manifest
 from serve.metrics import Metrics
 from serve.registry import ModelRegistry
@@ -81,10 +82,11 @@ def create_app(
     labels: Sequence[str],
     limits: Limits | None = None,
     metrics: Metrics | None = None,
+    access_log: AccessLog | None = None,
 ) -> falcon.App:
     metrics = metrics or Metrics()
     registry = ModelRegistry(models, labels, metrics)
-    app = falcon.App(middleware=[RequestTelemetry(metrics)])
+    app = falcon.App(middleware=[RequestTelemetry(metrics, access_log or AccessLog())])
     app.set_error_serializer(_json_error)
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(ServiceError, _service_error)

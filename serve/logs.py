@@ -1,19 +1,25 @@
 """Structured logs: one JSON object per line on stdout, for the log shipper to parse."""
 
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
 
 import msgspec
 
 _encoder = msgspec.json.Encoder()
 
 
+def _timestamp(seconds: float) -> str:
+    millis = int(seconds * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -24,8 +30,30 @@ class JsonLineFormatter(logging.Formatter):
         return _encoder.encode(line).decode()
 
 
+class AccessLog:
+    """One JSON line per request, in the same shape as the other log lines.
+
+    Written with a single `os.write` on stdout rather than through `logging`, whose record,
+    formatter and handler lock cost more than a 1-row prediction; one write per line keeps lines
+    whole across threads and processes.
+    """
+
+    def __init__(self, write: Callable[[bytes], object] | None = None):
+        self._write = write or (lambda data: os.write(sys.stdout.fileno(), data))
+
+    def request(self, fields: dict) -> None:
+        line = {
+            "ts": _timestamp(time.time()),
+            "level": "info",
+            "logger": "serve.access",
+            "message": "request",
+            **fields,
+        }
+        self._write(_encoder.encode(line) + b"\n")
+
+
 def configure_logging() -> None:
-    """Sends the service's own loggers (`serve`, `serve.access`) to stdout as JSON lines."""
+    """Sends the service's `serve` logger (errors, with their cause) to stdout as JSON lines."""
     logger = logging.getLogger("serve")
     if any(isinstance(h.formatter, JsonLineFormatter) for h in logger.handlers):
         return

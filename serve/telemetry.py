@@ -1,15 +1,14 @@
 """Per-request telemetry in one Falcon middleware: request id, access log line, metrics."""
 
-import logging
 import re
 import time
 import uuid
 
 import falcon
 
+from serve.logs import AccessLog
 from serve.metrics import Metrics
 
-access_log = logging.getLogger("serve.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 # Client ids are kept only when short and plain, so they cannot forge or flood log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -23,8 +22,9 @@ def request_id_for(header: str | None) -> str:
 
 
 class RequestTelemetry:
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, access_log: AccessLog):
         self._metrics = metrics
+        self._access_log = access_log
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -53,4 +53,4 @@ class RequestTelemetry:
         }
         if "error" in req.context:
             fields["error"] = req.context.error[:MAX_LOGGED_CHARS]
-        access_log.info("request", extra={"fields": fields})
+        self._access_log.request(fields)

@@ -13,7 +13,7 @@ from test_app import LABELS, ROWS, SKLEARN_ROWS, FakeClassifier
 from serve.app import create_app
 from serve.body import read_body
 from serve.errors import PayloadTooLarge
-from serve.logs import JsonLineFormatter
+from serve.logs import AccessLog, JsonLineFormatter
 from serve.metrics import Metrics
 from serve.settings import Limits
 
@@ -103,15 +103,21 @@ def test_request_id_is_kept_when_safe_and_replaced_otherwise(client: testing.Tes
     assert len(generated) == 32
 
 
-def test_one_access_log_line_per_request(
-    client: testing.TestClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="serve.access")
+def test_one_access_log_line_per_request() -> None:
+    lines = io.BytesIO()
+    models = {"sklearn": FakeClassifier(SKLEARN_ROWS), "pytorch": FakeClassifier(SKLEARN_ROWS)}
+    client = testing.TestClient(create_app(models, LABELS, access_log=AccessLog(lines.write)))
     client.simulate_post(
         "/astromech", json={"crystalData": ROWS, "model": "sklearn"}, headers={"X-Request-ID": "r1"}
     )
     client.simulate_post("/pytorch", json={"crystalData": [[1, 2]]}, headers={"X-Request-ID": "r2"})
-    first, second = (record.fields for record in caplog.records if record.name == "serve.access")
+    first, second = (json.loads(line) for line in lines.getvalue().splitlines())
+    assert (first["logger"], first["message"], first["level"]) == (
+        "serve.access",
+        "request",
+        "info",
+    )
+    assert first["ts"].endswith("Z")
     assert first["request_id"] == "r1"
     assert (first["method"], first["path"], first["model"], first["rows"], first["status"]) == (
         "POST",
