@@ -50,3 +50,7 @@ test: lint
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench --out bench/results
+
+# Load with faults: a minute of mixed load while a worker is killed, the server reloaded and stopped.
+soak: install
+	$(BIN)/python -m tools.soak --seconds 60 --clients 8
