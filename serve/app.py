@@ -56,8 +56,6 @@ def _service_error(
 def _unexpected_error(
     req: falcon.Request, resp: falcon.Response, error: Exception, params: dict
 ) -> None:
-    if isinstance(error, falcon.HTTPError):
-        raise error
     logger.error(
         "%s %s: unexpected error",
         req.method,
