@@ -39,12 +39,16 @@ def test_short_soak(tmp_path: Path) -> None:
     assert figures["exit_code"] == 0
     assert figures["answered_by_status"]["200"] > 100
     assert set(figures["answered_by_status"]) <= {"200", "400", "422"}
-    # Only requests in flight on the killed worker may fail, and none that the server handled.
-    assert 0 <= figures["handled_but_not_answered"] <= CLIENTS
+    # After SIGTERM only connections that never reached the app fail (refused once the listener
+    # closed, or dropped from its backlog); after SIGKILL only those in flight on that worker.
+    killed = 0
     for where, count in figures["failures"].items():
         phase, cause = where.split(": ")
         if phase == "after SIGTERM":
-            assert cause in {"ConnectionRefusedError", "ConnectionResetError"}
+            assert cause in {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"}
         else:
-            assert phase == "after SIGKILL" and count <= CLIENTS, figures["failures"]
+            assert phase == "after SIGKILL", figures["failures"]
+            killed += count
+    assert killed <= CLIENTS
+    assert 0 <= figures["handled_but_not_answered"] <= killed
     assert figures["exit_after_sigterm_s"] < 10
