@@ -15,7 +15,7 @@ from serve.settings import Limits
 
 N_FEATURES = 4
 MAX_ECHO = 40
-_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
 class _ModelField(msgspec.Struct):
@@ -33,7 +33,13 @@ def _invalid(exc: Exception) -> InvalidCrystalData:
     return InvalidCrystalData(f"body is not valid JSON: {exc}")
 
 
-def _check_utf8(body: bytes) -> None:
+def bounded_value(limits: Limits) -> Any:
+    """A measurement: a float within ±max_abs_value, checked by msgspec as it decodes."""
+    bound = limits.max_abs_value
+    return Annotated[float, msgspec.Meta(ge=-bound, le=bound)]
+
+
+def check_utf8(body: bytes) -> None:
     """JSON is UTF-8; msgspec checks only the strings it keeps, so check the whole body once.
 
     The ASCII test allocates nothing and covers almost every body; only others are decoded.
@@ -61,8 +67,7 @@ class CrystalDecoder:
     """Decodes /sklearn, /pytorch and /astromech bodies into [rows, 4] float64 batches."""
 
     def __init__(self, limits: Limits, model_names: frozenset[str]):
-        bound = limits.max_abs_value
-        value = Annotated[float, msgspec.Meta(ge=-bound, le=bound)]
+        value = bounded_value(limits)
         rows = Annotated[list[tuple[value, value, value, value]], msgspec.Meta(min_length=1)]
         crystal = msgspec.defstruct("CrystalRequest", [("crystalData", rows)])
         astromech = msgspec.defstruct("AstromechRequest", [("crystalData", rows), ("model", str)])
@@ -80,10 +85,10 @@ class CrystalDecoder:
 
     def crystal_data(self, body: bytes) -> np.ndarray:
         """The rows of a /sklearn or /pytorch body."""
-        _check_utf8(body)
+        check_utf8(body)
         try:
             rows = self._crystal.decode(body).crystalData
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise _invalid(exc) from None
         return self._as_batch(rows)
 
@@ -93,13 +98,13 @@ class CrystalDecoder:
         An invalid model is reported before invalid data: when the typed decode fails, the body
         is read again for its `model` field alone, to tell which of the two is at fault.
         """
-        _check_utf8(body)
+        check_utf8(body)
         try:
             request = self._astromech.decode(body)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             try:
                 model = _model_decoder.decode(body).model
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 raise _invalid(exc) from None
             _check_model(model, self._model_names)
             raise _invalid(exc) from None

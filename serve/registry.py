@@ -98,7 +98,7 @@ class ModelRegistry:
             "outputs": [
                 {
                     "name": OUTPUT_NAME,
-                    "datatype": _V2_DATATYPES[model.output_dtype],
+                    "datatype": self.output_datatype(name),
                     "shape": [-1, model.n_classes],
                 }
             ],

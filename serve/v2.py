@@ -5,13 +5,13 @@ Input tensors come as JSON data or in the binary tensor extension's form (what t
 by default); outputs are always JSON, which clients read whatever binary form they asked for.
 """
 
-from typing import Annotated, Any
+from typing import Any
 
 import falcon
 import msgspec
 import numpy as np
 
-from serve.batch import N_FEATURES
+from serve.batch import DECODE_ERRORS, N_FEATURES, bounded_value, check_utf8
 from serve.body import read_body
 from serve.classifier import INPUT_NAME, OUTPUT_NAME
 from serve.errors import InvalidCrystalData, PayloadTooLarge, ServiceError
@@ -57,12 +57,11 @@ class InferDecoder:
     """Turns an inference request into (id, [rows, 4] float64 batch, requested outputs)."""
 
     def __init__(self, limits: Limits):
-        bound = limits.max_abs_value
-        value = Annotated[float, msgspec.Meta(ge=-bound, le=bound)]
+        value = bounded_value(limits)
         self._flat = msgspec.json.Decoder(list[value])
         self._nested = msgspec.json.Decoder(list[tuple[value, value, value, value]])
         self._max_rows = limits.max_rows
-        self._bound = bound
+        self._bound = limits.max_abs_value
 
     def decode(
         self, body: bytes, header_length: int | None
@@ -74,9 +73,10 @@ class InferDecoder:
             header, binary = body[:header_length], body[header_length:]
         else:
             raise InferBadRequest(f"{BINARY_HEADER} must lie within the body")
+        check_utf8(header)
         try:
             request = _request_decoder.decode(header)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise InferBadRequest(f"invalid inference request: {exc}") from None
         return request.id, self._batch(request.inputs, binary), self._outputs(request.outputs)
 
@@ -111,7 +111,7 @@ class InferDecoder:
         nested = data.lstrip()[1:].lstrip().startswith(b"[")
         try:
             values = (self._nested if nested else self._flat).decode(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             raise InferBadRequest(f"input data: {exc}".replace("`$", "`$.inputs[0].data")) from None
         return np.array(values, dtype=dtype)
 
@@ -158,12 +158,12 @@ class InferResource:
         header_length = req.get_header(BINARY_HEADER)
         if header_length is not None and not header_length.isdigit():
             raise InferBadRequest(f"{BINARY_HEADER} must be a byte count")
-        request_id, batch, outputs = self._decoder.decode(
-            read_body(req, self._limits.max_body_bytes),
-            None if header_length is None else int(header_length),
-        )
-        req.context.rows = len(batch)
-        try:
+        body = read_body(req, self._limits.max_body_bytes)
+        try:  # the droids' 422 for bad data is this protocol's 400
+            request_id, batch, outputs = self._decoder.decode(
+                body, None if header_length is None else int(header_length)
+            )
+            req.context.rows = len(batch)
             probabilities, labels = self._registry.run(name, batch)
         except InvalidCrystalData as exc:
             raise InferBadRequest(str(exc)) from None

@@ -132,3 +132,10 @@ def test_binary_input_tensor(client: testing.TestClient) -> None:
         "/v2/models/sklearn/infer", body=header, headers={"Inference-Header-Content-Length": "-1"}
     )
     assert bad_header.status_code == 400
+
+
+def test_json_header_that_is_not_utf8_is_a_bad_request(client: testing.TestClient) -> None:
+    body = json.dumps(request(ROWS)).encode()[:-1] + b', "note": "\xff\xfe"}'
+    result = client.simulate_post("/v2/models/sklearn/infer", body=body)
+    assert result.status_code == 400
+    assert "not valid UTF-8" in result.json["error"]
