@@ -14,10 +14,11 @@ import torch
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import DoubleTensorType
 
-from export.contract import BATCH_DIM, INPUT_NAME, N_CLASSES, N_FEATURES, OUTPUT_NAME
+from export.classes import N_CLASSES
 from export.errors import SourceModelError
 from export.network import CrystalNet
 from export.sources import Source
+from serve.contract import BATCH_DIM, INPUT_NAME, N_FEATURES, OUTPUT_NAME
 
 SKLEARN_TARGET_OPSETS = {"": 17, "ai.onnx.ml": 3}
 PYTORCH_OPSET = 17

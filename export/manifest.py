@@ -10,8 +10,9 @@ from typing import Any
 import onnx
 import onnxruntime
 
-from export.contract import INPUT_NAME, N_CLASSES, N_FEATURES, OUTPUT_NAME
+from export.classes import N_CLASSES
 from export.sources import Source
+from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

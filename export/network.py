@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from export.contract import N_CLASSES, N_FEATURES
+from export.classes import N_CLASSES
+from serve.contract import N_FEATURES
 
 HIDDEN = 50
 

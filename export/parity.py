@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from export.errors import ParityError
+from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 
 # The batch of the data team's published /sklearn example.
 PUBLISHED_EXAMPLE = ((0.92, 0.12, 0.31, 0.09), (0.31, 0.54, 0.78, 0.17), (0.38, 0.04, 0.21, 0.98))

@@ -19,9 +19,10 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from export.contract import CLASSES, N_FEATURES
+from export.classes import CLASSES
 from export.errors import SourceModelError
 from export.network import CrystalNet
+from serve.contract import N_FEATURES
 
 M = TypeVar("M")
 

@@ -17,8 +17,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from export.contract import N_FEATURES
 from export.network import CrystalNet
+from serve.contract import N_FEATURES
 
 SEED = 7
 SAMPLES_PER_CLASS = 1_000

@@ -13,7 +13,6 @@ import numpy as np
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
 from serve.settings import Limits
 
-N_FEATURES = 4
 MAX_ECHO = 40
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 

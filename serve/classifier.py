@@ -6,11 +6,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from serve.batch import N_FEATURES
+from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import InvalidCrystalData, PredictionFailed, StartupError
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "probabilities"
 
 _ONNX_DTYPES = {"tensor(double)": np.dtype(np.float64), "tensor(float)": np.dtype(np.float32)}
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import numpy as np
 
-from serve.batch import N_FEATURES
-from serve.classifier import INPUT_NAME, OUTPUT_NAME, Classifier
+from serve.classifier import Classifier
+from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import ModelNotReady, ServiceError, StartupError
 from serve.metrics import Metrics
 

@@ -11,9 +11,9 @@ import falcon
 import msgspec
 import numpy as np
 
-from serve.batch import DECODE_ERRORS, N_FEATURES, bounded_value, check_utf8
+from serve.batch import DECODE_ERRORS, bounded_value, check_utf8
 from serve.body import read_body
-from serve.classifier import INPUT_NAME, OUTPUT_NAME
+from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import InvalidCrystalData, PayloadTooLarge, ServiceError
 from serve.registry import ModelRegistry
 from serve.settings import Limits
