@@ -1,78 +1,149 @@
-"""The Falcon app: `create_app` wires injected collaborators; `get_app` builds them."""
+"""The Falcon ASGI app: `create_app` wires injected collaborators; `get_app` builds them from
+the environment. Every error is answered here, in one place, in its protocol's JSON shape."""
 
+import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import falcon
-import msgspec
+import falcon.asgi
 
-from serve import health
-from serve.batch import CrystalDecoder
+from serve import droid, v2
 from serve.classifier import Classifier, OnnxClassifier
 from serve.errors import ServiceError
 from serve.labels import load_labels
 from serve.logs import AccessLog
 from serve.manifest import read_manifest
-from serve.metrics import Metrics
+from serve.metrics import CONTENT_TYPE, FOLDER_ENV, Metrics, MetricsFolder
 from serve.registry import ModelRegistry
-from serve.resources import AstromechResource, ModelResource
+from serve.request import CrystalRequest
+from serve.runner import BatchRunner
 from serve.settings import Limits, Settings
 from serve.telemetry import RequestTelemetry
-from serve.v2 import InferResource
 
 logger = logging.getLogger("serve")
 OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.json"
 
 
-def _json_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
-    """Every error answer is JSON, whatever the client accepts; the access log keeps its cause.
-
-    The Open Inference Protocol's endpoints answer in its own shape, `{"error": "..."}`.
-    """
-    req.context.error = error.description or error.title
-    resp.content_type = falcon.MEDIA_JSON
-    if req.context.get("error_shape") == "v2":
-        resp.data = msgspec.json.encode({"error": req.context.error})
-    else:
-        resp.data = msgspec.json.encode(error.to_dict())
+def _error_body(req: CrystalRequest, title: str, description: str) -> bytes:
+    """The Open Inference Protocol's routes answer in its shape, all others in the droids'."""
+    if req.path == v2.PREFIX or req.path.startswith(v2.PREFIX + "/"):
+        return v2.error_body(title, description)
+    return droid.error_body(title, description)
 
 
-def _service_error(
-    req: falcon.Request, resp: falcon.Response, error: ServiceError, params: dict
+def _answer_error(
+    req: CrystalRequest,
+    resp: falcon.asgi.Response,
+    status: str,
+    title: str,
+    description: str,
+    headers: Mapping[str, str],
 ) -> None:
-    if error.status.startswith("5"):
+    req.context.error = description
+    resp.status = status
+    resp.set_headers(headers)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body(req, title, description)
+
+
+class ErrorAnswers:
+    """The error handlers: typed service errors, Falcon's own (no route, wrong method), and
+    anything unexpected, which is logged with its traceback and answered without internals."""
+
+    def __init__(self, router: falcon.routing.CompiledRouter):
+        self._router = router
+
+    async def service_error(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, error: ServiceError, params: dict
+    ) -> None:
+        if error.status.startswith("5") and error.__cause__ is not None:
+            logger.error(
+                "%s %s: %s",
+                req.method,
+                req.path,
+                error,
+                exc_info=error.__cause__,
+                extra={"fields": {"request_id": req.context.request_id}},
+            )
+        if error.model:
+            req.context.model = error.model
+        _answer_error(req, resp, error.status, error.title, str(error), error.headers)
+
+    async def http_error(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, error: falcon.HTTPError, params: dict
+    ) -> None:
+        """Falcon's own answers, made to say what would work."""
+        description = error.description or error.title
+        if isinstance(error, falcon.HTTPMethodNotAllowed):
+            allowed = (error.headers or {}).get("Allow", "")
+            description = f"{req.method} is not allowed on {req.path[:100]}; use {allowed}"
+        elif error.status_code == 404:
+            description = f"no route {req.path[:100]}"
+            bare = req.path.rstrip("/")
+            if bare and bare != req.path and self._router.find(bare) is not None:
+                description += f"; did you mean {bare[:100]} (without the trailing slash)?"
+        _answer_error(req, resp, error.status, error.title, description, error.headers or {})
+
+    async def unexpected_error(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, error: Exception, params: dict
+    ) -> None:
         logger.error(
-            "%s %s: %s",
+            "%s %s: unexpected error",
             req.method,
             req.path,
-            error,
-            exc_info=error.__cause__,
-            extra={"fields": {"request_id": req.context.get("request_id")}},
+            exc_info=error,
+            extra={"fields": {"request_id": req.context.request_id}},
         )
-    raise falcon.HTTPError(error.status, title=error.title, description=str(error))
+        _answer_error(
+            req, resp, falcon.HTTP_500, "Internal Server Error", "the server failed to answer", {}
+        )
 
 
-def _unexpected_error(
-    req: falcon.Request, resp: falcon.Response, error: Exception, params: dict
-) -> None:
-    logger.error(
-        "%s %s: unexpected error",
-        req.method,
-        req.path,
-        exc_info=error,
-        extra={"fields": {"request_id": req.context.get("request_id")}},
-    )
-    raise falcon.HTTPInternalServerError()
+class MetricsResource:
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        resp.content_type = CONTENT_TYPE
+        resp.data = self._metrics.exposition()
 
 
 class OpenApiSpec:
     def __init__(self, spec: bytes):
         self._spec = spec
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._spec
+
+
+class MetricsPublisher:
+    """Writes this worker's metrics to the shared folder every few seconds, and once more when
+    the worker stops (ASGI lifespan events, which gunicorn's worker sends)."""
+
+    def __init__(self, metrics: Metrics, seconds: float):
+        self._metrics = metrics
+        self._seconds = seconds
+        self._task: asyncio.Task | None = None
+
+    async def _publish(self) -> None:
+        while True:
+            self._metrics.flush()
+            await asyncio.sleep(self._seconds)
+
+    async def process_startup(self, scope: dict, event: dict) -> None:
+        self._task = asyncio.create_task(self._publish())
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        self._metrics.flush()
 
 
 def create_app(
@@ -81,43 +152,53 @@ def create_app(
     limits: Limits | None = None,
     metrics: Metrics | None = None,
     access_log: AccessLog | None = None,
-) -> falcon.App:
+    settings: Settings | None = None,
+) -> falcon.asgi.App:
+    settings = settings or Settings.from_env({})
+    limits = limits or settings.limits
     metrics = metrics or Metrics()
     registry = ModelRegistry(models, labels, metrics)
-    app = falcon.App(middleware=[RequestTelemetry(metrics, access_log or AccessLog())])
-    app.set_error_serializer(_json_error)
-    app.add_error_handler(Exception, _unexpected_error)
-    app.add_error_handler(ServiceError, _service_error)
-    limits = limits or Limits()
-    decoder = CrystalDecoder(limits, registry.names)
-    for name in sorted(models):
-        app.add_route(f"/{name}", ModelResource(registry, decoder, name, limits))
-    app.add_route("/astromech", AstromechResource(registry, decoder, limits))
-    app.add_route("/v2", health.ServerMetadata())
-    app.add_route("/v2/health/live", health.Liveness())
-    app.add_route("/v2/health/ready", health.Readiness(registry))
-    app.add_route("/v2/models/{name}", health.ModelMetadata(registry))
-    app.add_route("/v2/models/{name}/ready", health.ModelReadiness(registry))
-    app.add_route("/v2/models/{name}/infer", InferResource(registry, limits))
-    app.add_route("/metrics", health.MetricsResource(metrics))
+    runner = BatchRunner(settings.offload_bytes)
+    telemetry = RequestTelemetry(
+        metrics,
+        access_log or AccessLog(),
+        {name: model.version for name, model in models.items()},
+        settings.max_in_flight,
+        settings.log_probes,
+    )
+    router = falcon.routing.DefaultRouter()
+    app = falcon.asgi.App(
+        middleware=[telemetry, MetricsPublisher(metrics, settings.metrics_flush_seconds)],
+        request_type=CrystalRequest,
+        router=router,
+    )
+    errors = ErrorAnswers(router)
+    app.add_error_handler(Exception, errors.unexpected_error)
+    app.add_error_handler(falcon.HTTPError, errors.http_error)
+    app.add_error_handler(ServiceError, errors.service_error)
+    droid.add_routes(app, droid.DroidProtocol(registry, limits, runner), list(models))
+    v2.add_routes(app, registry, limits, runner)
+    app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiSpec(OPENAPI_SPEC.read_bytes()))
     return app
 
 
-def load_models(settings: Settings) -> dict[str, OnnxClassifier]:
-    return {
+def get_app(settings: Settings | None = None) -> falcon.asgi.App:
+    settings = settings or Settings.from_env()
+    model_files = read_manifest(settings.models_dir)
+    models = {
         model_file.name: OnnxClassifier(
             model_file.name,
             model_file.read_verified(),
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-        for model_file in read_manifest(settings.models_dir)
+        for model_file in model_files
     }
-
-
-def get_app(settings: Settings | None = None) -> falcon.App:
-    settings = settings or Settings.from_env()
-    return create_app(
-        load_models(settings), load_labels(settings.labels_file), limits=settings.limits
+    shared = os.environ.get(FOLDER_ENV)
+    folder = MetricsFolder(Path(shared)) if shared else None
+    metrics = Metrics(
+        folder,
+        [(f.name, models[f.name].version, f.source_sha256) for f in model_files],
     )
+    return create_app(models, load_labels(settings.labels_file), metrics=metrics, settings=settings)

@@ -1,27 +1,55 @@
-"""Reading request bodies within the size limit, before any of it is buffered when possible."""
+"""Request bodies, shared by both protocols: read within the size limit, checked as UTF-8, and
+the bounded measurement type both decoders use."""
 
-import falcon
+from typing import Annotated, Any
 
-from serve.errors import PayloadTooLarge
+import msgspec
 
-CHUNK_BYTES = 64 * 1024
+from serve.errors import InvalidCrystalData, PayloadTooLarge, RequestTimeout
+from serve.request import CrystalRequest
+from serve.settings import Limits
+
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
-def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+async def read_body(req: CrystalRequest, max_bytes: int) -> bytes:
     """The whole body, or PayloadTooLarge as soon as it is known to exceed max_bytes.
 
-    A declared Content-Length is checked before reading; a chunked body is read in pieces and
-    refused once past the limit, so an oversized body never sits in memory.
+    A declared Content-Length is checked before reading; a chunked body is refused once past the
+    limit, so an oversized body never sits in memory. A body that stops arriving (for the
+    server's TIMEOUT) or whose client goes away is answered 408, never taken as whole.
     """
     declared = req.content_length
-    if declared is not None:
-        if declared > max_bytes:
-            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
-        return req.bounded_stream.read()
+    if declared is not None and declared > max_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    event = req.first_event or await req.receive_event()
     chunks, size = [], 0
-    while chunk := req.stream.read(CHUNK_BYTES):
+    while True:
+        if event["type"] != "http.request":
+            raise RequestTimeout("the request body stopped before its end")
+        chunk = event.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not event.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        event = await req.receive_event()
+
+
+def check_utf8(body: bytes) -> None:
+    """JSON is UTF-8; msgspec checks only the strings it keeps, so check the whole body once.
+
+    The ASCII test allocates nothing and covers almost every body; only others are decoded.
+    """
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidCrystalData(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def bounded_value(limits: Limits) -> Any:
+    """A measurement: a float within ±max_abs_value, checked by msgspec as it decodes."""
+    bound = limits.max_abs_value
+    return Annotated[float, msgspec.Meta(ge=-bound, le=bound)]

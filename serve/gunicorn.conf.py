@@ -3,20 +3,25 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
+from serve.metrics import FOLDER_ENV, MetricsFolder
 from serve.settings import Settings
 
 _settings = Settings.from_env()
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 
-wsgi_app = "serve.wsgi:application()"
+wsgi_app = "serve.asgi:application()"
 bind = [f"{_host}:{_settings.port}"]
 workers = _settings.workers
-worker_class = "gthread"
-threads = _settings.threads
+# gunicorn's asyncio worker (uvloop, the gunicorn-h1c C parser), with a first-request-head
+# timeout and JSON error answers: serve/worker.py.
+worker_class = "serve.worker.CrystalWorker"
+# A worker that stops reporting for `timeout` is replaced; a request body that stops arriving
+# for as long is answered 408.
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
-keepalive = 5
+keepalive = _settings.keepalive
 # Each worker loads the models after the fork: onnxruntime sessions are never shared.
 preload_app = False
 reload = False
@@ -28,23 +33,22 @@ accesslog = None  # the app writes one JSON line per request itself
 
 
 def on_starting(server) -> None:
-    """A fresh metrics folder per server, made before any worker imports prometheus_client."""
-    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if configured:
-        shutil.rmtree(configured, ignore_errors=True)
-        os.makedirs(configured)
-    else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crystal-metrics-")
-        server._owns_metrics_dir = True
+    """A private metrics folder per server, inside METRICS_DIR when set: the server only ever
+    deletes the folder it made, so replicas sharing METRICS_DIR never touch each other's."""
+    parent = _settings.metrics_dir
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f"crystal-metrics-{os.getpid()}-", dir=parent)
+    server._metrics_folder = MetricsFolder(Path(folder))
+    os.environ[FOLDER_ENV] = folder  # the workers, forked from here, inherit it
 
 
 def child_exit(server, worker) -> None:
-    """A dead worker's live gauges stop counting; its counters and histograms stay summed."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    """A dead worker's totals stay counted, its live gauges go; a worker that exits while the
+    server runs is a restart."""
+    # gunicorn closes its listeners before it stops the workers: none left means a shutdown.
+    server._metrics_folder.retire(worker.pid, replaced=bool(server.LISTENERS))
 
 
 def on_exit(server) -> None:
-    if getattr(server, "_owns_metrics_dir", False):
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    shutil.rmtree(server._metrics_folder.path, ignore_errors=True)

@@ -11,9 +11,22 @@ import msgspec
 _encoder = msgspec.json.Encoder()
 
 
-def _timestamp(seconds: float) -> str:
-    millis = int(seconds * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+class _Clock:
+    """ISO 8601 UTC with milliseconds; the part up to the second is formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self._second:
+            self._second = whole
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        return f"{self._prefix}.{int(seconds * 1000) % 1000:03d}Z"
+
+
+_timestamp = _Clock()
 
 
 class JsonLineFormatter(logging.Formatter):

@@ -19,6 +19,7 @@ class ModelFile:
     name: str
     path: Path
     sha256: str
+    source_sha256: str = ""
 
     def read_verified(self) -> bytes:
         """The file's bytes, refused unless they hash to the manifest's checksum.
@@ -51,7 +52,12 @@ def read_manifest(models_dir: Path) -> list[ModelFile]:
     try:
         models = document["models"]
         files = [
-            ModelFile(name=name, path=models_dir / entry["file"], sha256=entry["sha256"])
+            ModelFile(
+                name=name,
+                path=models_dir / entry["file"],
+                sha256=entry["sha256"],
+                source_sha256=str(entry.get("source_sha256", "")),
+            )
             for name, entry in sorted(models.items())
         ]
     except (KeyError, TypeError, AttributeError):

@@ -1,69 +1,384 @@
-"""Prometheus metrics, correct across gunicorn's worker processes.
+"""Prometheus metrics, correct across gunicorn's worker processes and cheap on the hot path.
 
-With PROMETHEUS_MULTIPROC_DIR set (serve/gunicorn.conf.py sets it before any worker starts), each
-worker writes its samples to files in that folder and /metrics adds them up over all workers.
+Each worker counts in its own memory (a dict update per sample, no file or lock on the request
+path) and writes a snapshot of its totals to the server's metrics folder every
+`flush_seconds`, and whenever it answers `/metrics`. `/metrics` adds up every worker's latest
+snapshot and the totals of workers that have exited (`retired.json`, kept by the gunicorn master).
+
+A worker killed with SIGKILL loses what it counted since its last snapshot (at most
+`flush_seconds` of traffic); a worker that stops normally writes a last snapshot first.
 """
 
 import os
+import resource
+import tempfile
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
+import msgspec
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The folder the gunicorn master makes for its workers' snapshots (serve/gunicorn.conf.py).
+FOLDER_ENV = "CRYSTAL_METRICS_FOLDER"
+RETIRED_FILE = "retired.json"
+WORKER_PREFIX = "worker-"
+# Worker ids of retired workers remembered so a scrape never counts one twice (see read_all).
+RETIRED_IDS_KEPT = 256
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INFERENCE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.25, 1.0)
 ROW_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000)
+CONFIDENCE_BUCKETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+REQUESTS = Definition(
+    "crystal_requests",
+    "HTTP requests answered, by route, method, model and status code.",
+    ("endpoint", "method", "model", "status"),
+)
+SHED = Definition(
+    "crystal_requests_shed", "Requests refused with 503 by the per-worker in-flight cap.", ()
+)
+PREDICTIONS = Definition(
+    "crystal_predictions", "Predicted rows, by model and predicted label.", ("model", "label")
+)
+WORKER_RESTARTS = Definition(
+    "crystal_worker_restarts",
+    "Workers started to replace another (after a crash, a kill, a timeout or a reload).",
+    (),
+)
+REQUEST_SECONDS = Definition(
+    "crystal_request_duration_seconds",
+    "Time to answer a request, from routing to the encoded answer.",
+    ("endpoint",),
+    LATENCY_BUCKETS,
+)
+INFERENCE_SECONDS = Definition(
+    "crystal_inference_duration_seconds",
+    "Time spent in the model itself (onnxruntime), per model.",
+    ("model",),
+    INFERENCE_BUCKETS,
+)
+ROWS = Definition(
+    "crystal_request_rows", "Rows per prediction request, per model.", ("model",), ROW_BUCKETS
+)
+CONFIDENCE = Definition(
+    "crystal_prediction_confidence",
+    "Probability of the predicted label, per predicted row: a drift signal.",
+    ("model",),
+    CONFIDENCE_BUCKETS,
+)
+COUNTERS = (REQUESTS, SHED, PREDICTIONS, WORKER_RESTARTS)
+HISTOGRAMS = (REQUEST_SECONDS, INFERENCE_SECONDS, ROWS, CONFIDENCE)
+
+
+class Snapshot(msgspec.Struct):
+    """One worker's totals, or the retired workers' totals, as written to the metrics folder."""
+
+    counters: dict[str, list[tuple[list[str], float]]] = {}
+    # Per label set: the count in each bucket (not cumulative; the last is +Inf), then the sum.
+    histograms: dict[str, list[tuple[list[str], list[int], float]]] = {}
+    # Live workers only: requests in flight, resident memory, CPU seconds.
+    in_flight: int = 0
+    resident_bytes: int = 0
+    cpu_seconds: float = 0.0
+    pid: int = 0
+    worker_id: str = ""
+    models: list[tuple[str, str, str]] = []  # (model, version, source sha256)
+    retired_ids: list[str] = []
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        indices = np.searchsorted(self.buckets, values, side="left")
+        for index, count in zip(*np.unique(indices, return_counts=True), strict=True):
+            self.counts[int(index)] += int(count)
+        self.sum += float(values.sum())
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
+    """This worker's counts, and `/metrics` over every worker sharing `folder`.
 
-    def __init__(self) -> None:
-        self._registry = CollectorRegistry()
-        self.requests = Counter(
-            "crystal_requests",
-            "HTTP requests answered, by endpoint, model and status code.",
-            ["endpoint", "model", "status"],
-            registry=self._registry,
+    Recording is a dict update under an uncontended lock: the request path runs on the event
+    loop, large batches on the worker's one inference thread.
+    """
+
+    def __init__(
+        self,
+        folder: "MetricsFolder | None" = None,
+        models: Iterable[tuple[str, str, str]] = (),
+    ):
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {d.name: {} for d in COUNTERS}
+        self._histograms: dict[str, dict[tuple[str, ...], Histogram]] = {
+            d.name: {} for d in HISTOGRAMS
+        }
+        self.in_flight = 0
+        self.models = list(models)
+        self.worker_id = f"{os.getpid()}-{time.time_ns()}"
+
+    def _count(self, definition: Definition, labels: tuple[str, ...], amount: float = 1) -> None:
+        series = self._counters[definition.name]
+        series[labels] = series.get(labels, 0) + amount
+
+    def _histogram(self, definition: Definition, labels: tuple[str, ...]) -> Histogram:
+        series = self._histograms[definition.name]
+        histogram = series.get(labels)
+        if histogram is None:
+            histogram = series[labels] = Histogram(definition.buckets)
+        return histogram
+
+    def request(self, endpoint: str, method: str, model: str, status: str, seconds: float) -> None:
+        with self._lock:
+            self._count(REQUESTS, (endpoint, method, model, status))
+            self._histogram(REQUEST_SECONDS, (endpoint,)).observe(seconds)
+
+    def shed(self) -> None:
+        with self._lock:
+            self._count(SHED, ())
+
+    def worker_restarted(self) -> None:
+        with self._lock:
+            self._count(WORKER_RESTARTS, ())
+
+    def prediction(
+        self, model: str, seconds: float, labels: list[str], confidence: np.ndarray
+    ) -> None:
+        """One batch: its size, its time in the model, each row's label and top probability."""
+        key = (model,)
+        with self._lock:
+            self._histogram(ROWS, key).observe(len(labels))
+            self._histogram(INFERENCE_SECONDS, key).observe(seconds)
+            if len(labels) == 1:
+                self._count(PREDICTIONS, (model, labels[0]))
+                self._histogram(CONFIDENCE, key).observe(float(confidence[0]))
+                return
+            for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
+                self._count(PREDICTIONS, (model, str(label)), int(count))
+            self._histogram(CONFIDENCE, key).observe_many(confidence)
+
+    def snapshot(self) -> Snapshot:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with self._lock:
+            counters = {
+                name: [(list(labels), value) for labels, value in series.items()]
+                for name, series in self._counters.items()
+            }
+            histograms = {
+                name: [(list(labels), list(h.counts), h.sum) for labels, h in series.items()]
+                for name, series in self._histograms.items()
+            }
+        return Snapshot(
+            counters=counters,
+            histograms=histograms,
+            in_flight=self.in_flight,
+            resident_bytes=_resident_bytes(),
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            pid=os.getpid(),
+            worker_id=self.worker_id,
+            models=self.models,
         )
-        self.request_seconds = Histogram(
-            "crystal_request_duration_seconds",
-            "Time to answer a request, from routing to the response body.",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=self._registry,
-        )
-        self.inference_seconds = Histogram(
-            "crystal_inference_duration_seconds",
-            "Time spent in the model itself (onnxruntime), per model.",
-            ["model"],
-            buckets=INFERENCE_BUCKETS,
-            registry=self._registry,
-        )
-        self.rows = Histogram(
-            "crystal_request_rows",
-            "Rows per prediction request, per model.",
-            ["model"],
-            buckets=ROW_BUCKETS,
-            registry=self._registry,
-        )
-        self.in_flight = Gauge(
-            "crystal_requests_in_flight",
-            "Requests being handled now, summed over live workers.",
-            registry=self._registry,
-            multiprocess_mode="livesum",
-        )
+
+    def flush(self) -> None:
+        """Publishes this worker's totals to the other workers' scrapes."""
+        if self.folder is not None:
+            self.folder.write(self.snapshot())
 
     def exposition(self) -> bytes:
-        """The text format: over all workers in multiprocess mode, else this process's own."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self._registry)
+        """The Prometheus text format, over every worker when they share a folder."""
+        if self.folder is None:
+            return exposition(Snapshot(), [self.snapshot()])
+        self.flush()
+        return exposition(*self.folder.read_all())
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _read(path: Path) -> Snapshot | None:
+    try:
+        return _decoder.decode(path.read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+class MetricsFolder:
+    """The folder the server's workers share: one snapshot per live worker, one for the retired."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def worker_file(self, snapshot: Snapshot) -> Path:
+        return self.path / f"{WORKER_PREFIX}{snapshot.worker_id}.json"
+
+    def write(self, snapshot: Snapshot) -> None:
+        _write_atomically(self.worker_file(snapshot), _encoder.encode(snapshot))
+
+    def retire(self, pid: int, replaced: bool) -> None:
+        """Called by the master when worker `pid` exits: its totals move into the retired file,
+        its live gauges go, and `replaced` counts it as a worker restart."""
+        retired = _read(self.path / RETIRED_FILE) or Snapshot()
+        for worker_file in self.path.glob(f"{WORKER_PREFIX}{pid}-*.json"):
+            snapshot = _read(worker_file)
+            if snapshot is not None:
+                retired = _merge([retired, snapshot], live=False)
+                retired.retired_ids = [*retired.retired_ids, snapshot.worker_id]
+        if replaced:
+            restarts = retired.counters.setdefault(WORKER_RESTARTS.name, [])
+            total = sum(value for _, value in restarts) + 1
+            retired.counters[WORKER_RESTARTS.name] = [([], total)]
+        retired.retired_ids = retired.retired_ids[-RETIRED_IDS_KEPT:]
+        _write_atomically(self.path / RETIRED_FILE, _encoder.encode(retired))
+        for worker_file in self.path.glob(f"{WORKER_PREFIX}{pid}-*.json"):
+            worker_file.unlink(missing_ok=True)
+
+    def read_all(self) -> tuple[Snapshot, list[Snapshot]]:
+        """(retired totals, live workers' snapshots).
+
+        Worker files are read before the retired file, and a worker already listed there is
+        skipped: the master writes the retired file before it deletes the worker's own, so a
+        scrape racing with a retirement counts that worker exactly once.
+        """
+        workers = [
+            snapshot
+            for path in sorted(self.path.glob(f"{WORKER_PREFIX}*.json"))
+            if (snapshot := _read(path)) is not None
+        ]
+        retired = _read(self.path / RETIRED_FILE) or Snapshot()
+        gone = set(retired.retired_ids)
+        return retired, [w for w in workers if w.worker_id not in gone]
+
+
+def _merge(snapshots: list[Snapshot], live: bool) -> Snapshot:
+    """Counters and histograms summed; gauges kept only when `live` (see exposition)."""
+    counters: dict[str, dict[tuple[str, ...], float]] = {}
+    histograms: dict[str, dict[tuple[str, ...], tuple[list[int], float]]] = {}
+    for snapshot in snapshots:
+        for name, series in snapshot.counters.items():
+            merged = counters.setdefault(name, {})
+            for labels, value in series:
+                merged[tuple(labels)] = merged.get(tuple(labels), 0) + value
+        for name, series in snapshot.histograms.items():
+            merged_h = histograms.setdefault(name, {})
+            for labels, counts, total in series:
+                old_counts, old_sum = merged_h.get(tuple(labels), ([0] * len(counts), 0.0))
+                merged_h[tuple(labels)] = (
+                    [a + b for a, b in zip(old_counts, counts, strict=True)],
+                    old_sum + total,
+                )
+    return Snapshot(
+        counters={n: [(list(k), v) for k, v in s.items()] for n, s in counters.items()},
+        histograms={n: [(list(k), c, t) for k, (c, t) in s.items()] for n, s in histograms.items()},
+        in_flight=sum(s.in_flight for s in snapshots) if live else 0,
+        retired_ids=[i for s in snapshots for i in s.retired_ids],
+    )
+
+
+class _Collector:
+    def __init__(self, retired: Snapshot, workers: list[Snapshot]):
+        self._total = _merge([retired, *workers], live=False)
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        counters = dict(self._total.counters)
+        for definition in COUNTERS:
+            family = CounterMetricFamily(definition.name, definition.help, labels=definition.labels)
+            for labels, value in counters.get(definition.name, []):
+                family.add_metric(labels, value)
+            if not definition.labels and not counters.get(definition.name):
+                family.add_metric([], 0)
+            yield family
+        histograms = dict(self._total.histograms)
+        for definition in HISTOGRAMS:
+            family = HistogramMetricFamily(
+                definition.name, definition.help, labels=definition.labels
+            )
+            bounds = [*(f"{b:g}" for b in definition.buckets), "+Inf"]
+            for labels, counts, total in histograms.get(definition.name, []):
+                cumulative = np.cumsum(counts).tolist()
+                family.add_metric(labels, list(zip(bounds, cumulative, strict=True)), total)
+            yield family
+        in_flight = GaugeMetricFamily(
+            "crystal_requests_in_flight", "Requests being handled now, summed over live workers."
+        )
+        in_flight.add_metric([], sum(w.in_flight for w in self._workers))
+        yield in_flight
+        memory = GaugeMetricFamily(
+            "crystal_worker_resident_memory_bytes",
+            "Resident memory of each live worker process.",
+            labels=["worker"],
+        )
+        cpu = CounterMetricFamily(
+            "crystal_worker_cpu_seconds",
+            "CPU time (user and system) of each live worker process.",
+            labels=["worker"],
+        )
+        info = GaugeMetricFamily(
+            "crystal_model_info",
+            "The models served: name, version and sha256 of the source they were exported from.",
+            labels=["model", "version", "source_sha256"],
+        )
+        for worker in self._workers:
+            memory.add_metric([str(worker.pid)], worker.resident_bytes)
+            cpu.add_metric([str(worker.pid)], worker.cpu_seconds)
+        for model in sorted({tuple(m) for w in self._workers for m in w.models}):
+            info.add_metric(list(model), 1)
+        yield from (memory, cpu, info)
+
+
+def exposition(retired: Snapshot, workers: list[Snapshot]) -> bytes:
+    """The Prometheus text format of the given snapshots added up."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(retired, workers))
+    return generate_latest(registry)

@@ -1,18 +1,15 @@
-"""The model registry: the single inference path every endpoint goes through."""
+"""The model registry: names to classifiers, readiness, and running a batch. Every endpoint of
+both protocols predicts through `ModelRegistry.run`; nothing here knows of JSON or HTTP."""
 
 import time
 from collections.abc import Mapping, Sequence
 
-import msgspec
 import numpy as np
 
 from serve.classifier import Classifier
-from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
-from serve.errors import ModelNotReady, ServiceError, StartupError
+from serve.errors import ModelNotReady, ServiceError, StartupError, UnknownModel
 from serve.metrics import Metrics
 
-_encoder = msgspec.json.Encoder()
-_V2_DATATYPES = {np.dtype(np.float64): "FP64", np.dtype(np.float32): "FP32"}
 # The published example's first row: a warm-up must return finite probabilities summing to one.
 WARM_UP_ROW = (0.92, 0.12, 0.31, 0.09)
 
@@ -27,12 +24,7 @@ class ModelRegistry:
                     f"model {name} has {model.n_classes} outputs but there are {len(labels)} labels"
                 )
         self._models = dict(models)
-        self._labels = tuple(labels)
-        # A struct per score row: lighter to build and to encode than a dict, same JSON.
-        fields = [f"p{i}" for i in range(len(labels))]
-        self._scores = msgspec.defstruct(
-            "Scores", fields, rename=dict(zip(fields, labels, strict=True))
-        )
+        self.labels = tuple(labels)
         self._metrics = metrics
         self.names = frozenset(models)
         self._ready = {name: self._warm_up(model) for name, model in self._models.items()}
@@ -46,7 +38,14 @@ class ModelRegistry:
             return False
         return bool(abs(probabilities.sum() - 1.0) < 1e-5)
 
+    def model(self, name: str) -> Classifier:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise UnknownModel(f"no model named {name[:40]!r}") from None
+
     def is_ready(self, name: str) -> bool:
+        self.model(name)
         return self._ready[name]
 
     @property
@@ -55,52 +54,15 @@ class ModelRegistry:
 
     def run(self, name: str, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Probabilities (float64) and the most probable label of every row."""
+        model = self.model(name)
         if not self._ready[name]:
             raise ModelNotReady(f"model {name} failed its warm-up inference")
-        self._metrics.rows.labels(name).observe(len(batch))
         started = time.perf_counter()
-        probabilities = self._models[name].predict(batch)
-        self._metrics.inference_seconds.labels(name).observe(time.perf_counter() - started)
-        labels = self._labels
-        return probabilities, [labels[i] for i in probabilities.argmax(axis=1).tolist()]
-
-    def predict(self, name: str, batch: np.ndarray) -> bytes:
-        """The droids' JSON answer: one label and one score object per row.
-
-        Scores keep full float64 precision; float32 outputs are widened as `tolist()` widens them.
-        """
-        probabilities, prediction = self.run(name, batch)
-        scores = self._scores
-        return _encoder.encode(
-            {"prediction": prediction, "scores": [scores(*row) for row in probabilities.tolist()]}
-        )
-
-    def version(self, name: str) -> str:
-        return self._models[name].version
-
-    def output_datatype(self, name: str) -> str:
-        return _V2_DATATYPES[self._models[name].output_dtype]
-
-    def metadata(self, name: str) -> dict:
-        """The model in the Open Inference Protocol's metadata shape, plus its labels."""
-        model = self._models[name]
-        return {
-            "name": name,
-            "versions": [model.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [
-                {
-                    "name": INPUT_NAME,
-                    "datatype": _V2_DATATYPES[model.input_dtype],
-                    "shape": [-1, N_FEATURES],
-                }
-            ],
-            "outputs": [
-                {
-                    "name": OUTPUT_NAME,
-                    "datatype": self.output_datatype(name),
-                    "shape": [-1, model.n_classes],
-                }
-            ],
-            "labels": list(self._labels),
-        }
+        probabilities = model.predict(batch)
+        seconds = time.perf_counter() - started
+        best = probabilities.argmax(axis=1)
+        labels = self.labels
+        predicted = [labels[i] for i in best.tolist()]
+        confidence = probabilities[np.arange(len(best)), best]
+        self._metrics.prediction(name, seconds, predicted, confidence)
+        return probabilities, predicted

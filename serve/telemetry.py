@@ -1,56 +1,106 @@
-"""Per-request telemetry in one Falcon middleware: request id, access log line, metrics."""
+"""Around every request, in one Falcon middleware: the request id, the per-worker cap on
+requests in progress, the request metrics and the access log line."""
 
 import re
 import time
-import uuid
+from collections.abc import Mapping
+from itertools import count
+from os import urandom
 
-import falcon
+import falcon.asgi
 
+from serve.errors import Overloaded
 from serve.logs import AccessLog
 from serve.metrics import Metrics
+from serve.request import CrystalRequest
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Client ids are kept only when short and plain, so they cannot forge or flood log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_LOGGED_CHARS = 200
+# Probes and scrapes are never shed (an overloaded worker is alive and ready), and are left out
+# of the access log unless LOG_PROBES is set: they would drown the requests that matter.
+PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-def request_id_for(header: str | None) -> str:
-    if header is not None and _SAFE_REQUEST_ID.fullmatch(header):
-        return header
-    return uuid.uuid4().hex
+class RequestIds:
+    """Ids unique across workers and restarts: a random prefix per worker, then a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = urandom(6).hex()
+        self._next = count(1)
+
+    def for_header(self, header: str | None) -> str:
+        if header is not None and _SAFE_REQUEST_ID.fullmatch(header):
+            return header
+        return f"{self._prefix}-{next(self._next):x}"
 
 
 class RequestTelemetry:
-    def __init__(self, metrics: Metrics, access_log: AccessLog):
+    def __init__(
+        self,
+        metrics: Metrics,
+        access_log: AccessLog,
+        versions: Mapping[str, str],
+        max_in_flight: int,
+        log_probes: bool,
+    ):
         self._metrics = metrics
         self._access_log = access_log
+        self._versions = versions
+        self._max_in_flight = max_in_flight
+        self._log_probes = log_probes
+        self._ids = RequestIds()
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.started = time.perf_counter()
-        req.context.request_id = request_id_for(req.get_header(REQUEST_ID_HEADER))
-        self._metrics.in_flight.inc()
+    async def process_request(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        context = req.context
+        context.started = time.perf_counter()
+        context.request_id = self._ids.for_header(req.get_header(REQUEST_ID_HEADER))
+        self._metrics.in_flight += 1
 
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    async def process_resource(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, resource: object, params: dict
     ) -> None:
-        seconds = time.perf_counter() - req.context.started
-        self._metrics.in_flight.dec()
-        resp.set_header(REQUEST_ID_HEADER, req.context.request_id)
-        endpoint = req.uri_template or "unmatched"
-        model = req.context.get("model", "")
+        """Shed once routed, so a shed request is counted under its route."""
+        if self._metrics.in_flight > self._max_in_flight and req.path not in PROBE_PATHS:
+            self._metrics.shed()
+            raise Overloaded(
+                f"more than {self._max_in_flight} requests in progress in this worker; retry"
+            )
+
+    async def process_response(
+        self,
+        req: CrystalRequest,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        context = req.context
+        seconds = time.perf_counter() - context.started
+        metrics = self._metrics
+        metrics.in_flight -= 1
+        resp.set_header(REQUEST_ID_HEADER, context.request_id)
+        method = req.method if req.method in METHODS else "other"
         status = resp.status_code
-        self._metrics.requests.labels(endpoint, model, str(status)).inc()
-        self._metrics.request_seconds.labels(endpoint).observe(seconds)
+        metrics.request(
+            req.uri_template or "unmatched", method, context.model, str(status), seconds
+        )
+        if not self._log_probes and req.path in PROBE_PATHS:
+            return
         fields = {
-            "request_id": req.context.request_id,
-            "method": req.method,
+            "request_id": context.request_id,
+            "method": method,
             "path": req.path[:MAX_LOGGED_CHARS],
-            "model": model,
-            "rows": req.context.get("rows", 0),
+            "model": context.model,
+            "version": self._versions.get(context.model, ""),
+            "rows": context.rows,
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
+            "bytes": len(resp.data or b""),
+            "client": req.remote_addr,
+            "user_agent": (req.user_agent or "")[:MAX_LOGGED_CHARS],
         }
-        if "error" in req.context:
-            fields["error"] = req.context.error[:MAX_LOGGED_CHARS]
+        if context.error:
+            fields["error"] = context.error[:MAX_LOGGED_CHARS]
         self._access_log.request(fields)

@@ -1,32 +1,35 @@
-"""Open Inference Protocol (KServe V2) inference, `POST /v2/models/{name}/infer`, on the same
-registry, limits and validation rules as the droids' endpoints.
+"""The Open Inference Protocol (KServe V2) in one place: probes, server and model metadata,
+`POST /v2/models/{name}/infer`, and its error shape `{"error": ...}` for every route under /v2.
+Inference runs on the same registry, limits and validation rules as the droids' endpoints.
 
 Input tensors come as JSON data or in the binary tensor extension's form (what tritonclient sends
 by default); outputs are always JSON, which clients read whatever binary form they asked for.
 """
 
+from functools import partial
 from typing import Any
 
 import falcon
+import falcon.asgi
 import msgspec
 import numpy as np
 
-from serve.batch import DECODE_ERRORS, bounded_value, check_utf8
-from serve.body import read_body
+from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
-from serve.errors import InvalidCrystalData, PayloadTooLarge, ServiceError
+from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
 from serve.registry import ModelRegistry
+from serve.request import CrystalRequest
+from serve.runner import BatchRunner
 from serve.settings import Limits
 
+PREFIX = "/v2"
+SERVER_NAME = "crystal-serving"
+SERVER_VERSION = "1.0.0"
 LABEL_OUTPUT = "label"
 OUTPUT_NAMES = (OUTPUT_NAME, LABEL_OUTPUT)
 INPUT_DATATYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+DATATYPES = {np.dtype(np.float64): "FP64", np.dtype(np.float32): "FP32"}
 BINARY_HEADER = "Inference-Header-Content-Length"
-
-
-class InferBadRequest(ServiceError):
-    status = "400 Bad Request"
-    title = "Bad inference request"
 
 
 class _Tensor(msgspec.Struct):
@@ -72,27 +75,23 @@ class InferDecoder:
         elif 0 < header_length <= len(body):
             header, binary = body[:header_length], body[header_length:]
         else:
-            raise InferBadRequest(f"{BINARY_HEADER} must lie within the body")
+            raise BadRequest(f"{BINARY_HEADER} must lie within the body")
         check_utf8(header)
         try:
             request = _request_decoder.decode(header)
         except DECODE_ERRORS as exc:
-            raise InferBadRequest(f"invalid inference request: {exc}") from None
+            raise BadRequest(f"invalid inference request: {exc}") from None
         return request.id, self._batch(request.inputs, binary), self._outputs(request.outputs)
 
     def _batch(self, inputs: list[_Tensor], binary: bytes) -> np.ndarray:
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise InferBadRequest(f"expected exactly one input tensor named {INPUT_NAME!r}")
+            raise BadRequest(f"expected exactly one input tensor named {INPUT_NAME!r}")
         tensor = inputs[0]
         if tensor.datatype not in INPUT_DATATYPES:
-            raise InferBadRequest(
-                f"input datatype must be FP64 or FP32, got {tensor.datatype[:20]!r}"
-            )
+            raise BadRequest(f"input datatype must be FP64 or FP32, got {tensor.datatype[:20]!r}")
         shape = tensor.shape
         if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 1:
-            raise InferBadRequest(
-                f"input shape must be [n, {N_FEATURES}] with n >= 1, got {shape[:4]}"
-            )
+            raise BadRequest(f"input shape must be [n, {N_FEATURES}] with n >= 1, got {shape[:4]}")
         if shape[0] > self._max_rows:
             raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {self._max_rows}")
         dtype = INPUT_DATATYPES[tensor.datatype]
@@ -101,7 +100,7 @@ class InferDecoder:
         else:
             batch = self._json(tensor, dtype)
         if batch.size != shape[0] * N_FEATURES:
-            raise InferBadRequest(
+            raise BadRequest(
                 f"input data has {batch.size} values, shape {shape} needs {shape[0] * N_FEATURES}"
             )
         return batch.reshape(shape[0], N_FEATURES).astype(np.float64)
@@ -112,23 +111,21 @@ class InferDecoder:
         try:
             values = (self._nested if nested else self._flat).decode(data)
         except DECODE_ERRORS as exc:
-            raise InferBadRequest(f"input data: {exc}".replace("`$", "`$.inputs[0].data")) from None
+            raise BadRequest(f"input data: {exc}".replace("`$", "`$.inputs[0].data")) from None
         return np.array(values, dtype=dtype)
 
     def _binary(self, tensor: _Tensor, binary: bytes, dtype: np.dtype) -> np.ndarray:
         """Raw little-endian values; checked here as msgspec checks JSON values."""
         size = tensor.parameters["binary_data_size"]
         if not isinstance(size, int) or size != len(binary) or size % dtype.itemsize:
-            raise InferBadRequest(
+            raise BadRequest(
                 f"binary_data_size must equal the {len(binary)} bytes after the JSON header"
             )
         batch = np.frombuffer(binary, dtype=dtype)
         outside = ~(np.abs(batch) <= self._bound)  # NaN compares False: it is outside too
         if outside.any():
             index = int(np.argmax(outside))
-            raise InferBadRequest(
-                f"input value {index} is not a finite number within ±{self._bound:g}"
-            )
+            raise BadRequest(f"input value {index} is not a finite number within ±{self._bound:g}")
         return batch
 
     @staticmethod
@@ -138,39 +135,107 @@ class InferDecoder:
         names = tuple(output.name for output in requested)
         unknown = [name for name in names if name not in OUTPUT_NAMES]
         if unknown or not names:
-            raise InferBadRequest(
+            raise BadRequest(
                 f"outputs must be among {list(OUTPUT_NAMES)}, got {[n[:20] for n in names]}"
             )
         return names
 
 
+def error_body(title: str, description: str) -> bytes:
+    """The protocol's error shape: one message (the title is the droids' protocol's extra)."""
+    return _encoder.encode({"error": description})
+
+
+def _json(resp: falcon.asgi.Response, document: object, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _encoder.encode(document)
+
+
+class ServerMetadata:
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        _json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+
+
+class Probe:
+    """GET and HEAD: live while the worker answers at all; ready once every model loaded,
+    matched its checksum and passed its warm-up in this worker."""
+
+    def __init__(self, registry: ModelRegistry | None):
+        self._registry = registry
+
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        if self._registry is None:
+            _json(resp, {"live": True})
+            return
+        ready = self._registry.all_ready
+        _json(resp, {"ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
+
+    on_head = on_get
+
+
+class ModelReadiness:
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
+        ready = self._registry.is_ready(name)
+        _json(resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
+
+    on_head = on_get
+
+
+class ModelMetadata:
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
+        model = self._registry.model(name)
+        _json(
+            resp,
+            {
+                "name": name,
+                "versions": [model.version],
+                "platform": "onnxruntime_onnx",
+                "inputs": [
+                    {
+                        "name": INPUT_NAME,
+                        "datatype": DATATYPES[model.input_dtype],
+                        "shape": [-1, N_FEATURES],
+                    }
+                ],
+                "outputs": [
+                    {
+                        "name": OUTPUT_NAME,
+                        "datatype": DATATYPES[model.output_dtype],
+                        "shape": [-1, model.n_classes],
+                    }
+                ],
+                "labels": list(self._registry.labels),
+            },
+        )
+
+    on_head = on_get
+
+
 class InferResource:
-    def __init__(self, registry: ModelRegistry, limits: Limits):
+    def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
         self._registry = registry
         self._decoder = InferDecoder(limits)
-        self._limits = limits
+        self._max_body_bytes = limits.max_body_bytes
+        self._runner = runner
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        req.context.error_shape = "v2"
-        if name not in self._registry.names:
-            raise falcon.HTTPNotFound(title="Unknown model", description=f"no model named {name!r}")
-        req.context.model = name
-        header_length = req.get_header(BINARY_HEADER)
-        if header_length is not None and not header_length.isdigit():
-            raise InferBadRequest(f"{BINARY_HEADER} must be a byte count")
-        body = read_body(req, self._limits.max_body_bytes)
+    def _work(self, name: str, body: bytes, header_length: int | None) -> tuple[int, bytes]:
         try:  # the droids' 422 for bad data is this protocol's 400
-            request_id, batch, outputs = self._decoder.decode(
-                body, None if header_length is None else int(header_length)
-            )
-            req.context.rows = len(batch)
+            request_id, batch, outputs = self._decoder.decode(body, header_length)
             probabilities, labels = self._registry.run(name, batch)
         except InvalidCrystalData as exc:
-            raise InferBadRequest(str(exc)) from None
+            raise BadRequest(str(exc), name) from None
+        model = self._registry.model(name)
         tensors = {
             OUTPUT_NAME: {
                 "name": OUTPUT_NAME,
-                "datatype": self._registry.output_datatype(name),
+                "datatype": DATATYPES[model.output_dtype],
                 "shape": list(probabilities.shape),
                 "data": probabilities.ravel().tolist(),
             },
@@ -181,9 +246,32 @@ class InferResource:
                 "data": labels,
             },
         }
-        answer = {"model_name": name, "model_version": self._registry.version(name)}
+        answer = {"model_name": name, "model_version": model.version}
         if request_id is not None:
             answer["id"] = request_id
         answer["outputs"] = [tensors[output] for output in outputs]
+        return len(batch), _encoder.encode(answer)
+
+    async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
+        self._registry.model(name)
+        req.context.model = name
+        header_length = req.get_header(BINARY_HEADER)
+        if header_length is not None and not header_length.isdigit():
+            raise BadRequest(f"{BINARY_HEADER} must be a byte count", name)
+        body = await read_body(req, self._max_body_bytes)
+        length = None if header_length is None else int(header_length)
+        req.context.rows, resp.data = await self._runner.run(
+            len(body), partial(self._work, name, body, length)
+        )
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = _encoder.encode(answer)
+
+
+def add_routes(
+    app: falcon.asgi.App, registry: ModelRegistry, limits: Limits, runner: BatchRunner
+) -> None:
+    app.add_route(PREFIX, ServerMetadata())
+    app.add_route(f"{PREFIX}/health/live", Probe(None))
+    app.add_route(f"{PREFIX}/health/ready", Probe(registry))
+    app.add_route(f"{PREFIX}/models/{{name}}", ModelMetadata(registry))
+    app.add_route(f"{PREFIX}/models/{{name}}/ready", ModelReadiness(registry))
+    app.add_route(f"{PREFIX}/models/{{name}}/infer", InferResource(registry, limits, runner))

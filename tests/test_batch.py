@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from serve.batch import CrystalDecoder
+from serve.droid import CrystalDecoder
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
 from serve.settings import Limits
 

@@ -102,9 +102,80 @@ def manifests() -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in documents}
 
 
-def container() -> dict[str, Any]:
-    (only,) = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+def pod_template() -> dict[str, Any]:
+    return manifests()["Deployment"]["spec"]["template"]
+
+
+def only_container(template: dict[str, Any]) -> dict[str, Any]:
+    (only,) = template["spec"]["containers"]
     return only
+
+
+def security_context(template: dict[str, Any]) -> dict[str, Any]:
+    """The container's effective settings: its own security context over the pod's."""
+    pod = template["spec"].get("securityContext", {})
+    return {**pod, **only_container(template)["securityContext"]}
+
+
+# Checks of a pod template against the service and the image, shared with other ways of
+# deploying the same pod (deploy/kserve/).
+
+
+def check_probe_and_metrics_paths(template: dict[str, Any]) -> None:
+    client = testing.TestClient(create_app({}, ["blue", "green", "yellow"]))
+    spec = only_container(template)
+    annotations = template["metadata"]["annotations"]
+    paths = {
+        spec["startupProbe"]["httpGet"]["path"],
+        spec["livenessProbe"]["httpGet"]["path"],
+        spec["readinessProbe"]["httpGet"]["path"],
+        annotations["prometheus.io/path"],
+    }
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert spec["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for path in paths:
+        assert client.simulate_get(path).status_code == 200, path
+
+
+def check_port(template: dict[str, Any]) -> None:
+    port = Settings.from_env({}).port
+    (container_port,) = only_container(template)["ports"]
+    assert container_port["containerPort"] == port == 3000
+    assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == port
+
+
+def check_locked_down_as_the_image_user(template: dict[str, Any]) -> None:
+    security = security_context(template)
+    assert security["runAsNonRoot"] is True
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    (user,) = runtime_stage().args("USER")
+    assert user == f"{security['runAsUser']}:{security['runAsGroup']}"
+    # With a read-only root, /tmp (metrics samples, worker heartbeats) must be a volume.
+    (mount,) = only_container(template)["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+
+
+def check_shutdown_fits_in_the_grace_period(template: dict[str, Any]) -> None:
+    """The load balancer drains during preStop, then gunicorn finishes in-flight requests."""
+    spec = only_container(template)
+    env = {item["name"]: item for item in spec["env"]}
+    command = spec["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    graceful = int(env["GRACEFUL_TIMEOUT"]["value"])
+    assert int(command[1]) + graceful < template["spec"]["terminationGracePeriodSeconds"]
+
+
+def check_workers_follow_the_cpu_limit(template: dict[str, Any]) -> None:
+    spec = only_container(template)
+    env = {item["name"]: item for item in spec["env"]}
+    assert env["WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= spec["resources"][kind].keys()
 
 
 def test_hadolint_passes() -> None:
@@ -141,32 +212,17 @@ def test_one_resource_of_each_kind() -> None:
 
 
 def test_probe_and_metrics_paths_are_routes_of_the_service() -> None:
-    client = testing.TestClient(create_app({}, ["blue", "green", "yellow"]))
-    spec = container()
-    annotations = manifests()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-    paths = {
-        spec["startupProbe"]["httpGet"]["path"],
-        spec["livenessProbe"]["httpGet"]["path"],
-        spec["readinessProbe"]["httpGet"]["path"],
-        annotations["prometheus.io/path"],
-    }
-    assert spec["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert spec["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    for path in paths:
-        assert client.simulate_get(path).status_code == 200, path
+    check_probe_and_metrics_paths(pod_template())
 
 
 def test_one_port_everywhere() -> None:
+    check_port(pod_template())
     port = Settings.from_env({}).port
-    (container_port,) = container()["ports"]
-    service = manifests()["Service"]["spec"]
-    (service_port,) = service["ports"]
-    annotations = manifests()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    (container_port,) = only_container(pod_template())["ports"]
+    (service_port,) = manifests()["Service"]["spec"]["ports"]
     stage = runtime_stage()
-    assert container_port["containerPort"] == port == 3000
     assert service_port["targetPort"] == container_port["name"]
     assert service_port["port"] == 80
-    assert int(annotations["prometheus.io/port"]) == port
     assert stage.args("EXPOSE") == [str(port)]
     assert "/v2/health/ready" in stage.args("HEALTHCHECK")[0]
 
@@ -185,36 +241,17 @@ def test_selectors_match_the_pods() -> None:
 
 
 def test_pods_run_locked_down_as_the_image_user() -> None:
-    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
-    security = container()["securityContext"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    (user,) = runtime_stage().args("USER")
-    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
-    # With a read-only root, /tmp (metrics samples, worker heartbeats) must be a volume.
-    (mount,) = container()["volumeMounts"]
-    assert mount["mountPath"] == "/tmp"
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    assert "emptyDir" in volume
+    template = pod_template()
+    check_locked_down_as_the_image_user(template)
+    # The pod's own settings cover any container added later.
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert template["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_shutdown_fits_in_the_grace_period() -> None:
-    """The load balancer drains during preStop, then gunicorn finishes in-flight requests."""
-    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
-    env = {item["name"]: item for item in container()["env"]}
-    command = container()["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    graceful = int(env["GRACEFUL_TIMEOUT"]["value"])
-    assert int(command[1]) + graceful < pod["terminationGracePeriodSeconds"]
+    check_shutdown_fits_in_the_grace_period(pod_template())
 
 
 def test_workers_follow_the_cpu_limit() -> None:
-    spec = container()
-    env = {item["name"]: item for item in spec["env"]}
-    assert env["WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= spec["resources"][kind].keys()
+    check_workers_follow_the_cpu_limit(pod_template())
     assert manifests()["Deployment"]["spec"]["replicas"] == 3

@@ -1,10 +1,11 @@
 """Probes, metadata, request ids, logs and limits, through falcon's TestClient."""
 
+import asyncio
 import io
 import json
 import logging
+import re
 
-import falcon
 import numpy as np
 import pytest
 from falcon import testing
@@ -12,10 +13,11 @@ from test_app import LABELS, ROWS, SKLEARN_ROWS, FakeClassifier
 
 from serve.app import create_app
 from serve.body import read_body
-from serve.errors import PayloadTooLarge
+from serve.errors import PayloadTooLarge, RequestTimeout
 from serve.logs import AccessLog, JsonLineFormatter
 from serve.metrics import Metrics
-from serve.settings import Limits
+from serve.request import CrystalRequest
+from serve.settings import Limits, Settings
 
 
 class BrokenClassifier(FakeClassifier):
@@ -25,12 +27,26 @@ class BrokenClassifier(FakeClassifier):
         return np.zeros((len(batch), 3))
 
 
-def make_client(limits: Limits | None = None, pytorch: FakeClassifier | None = None):
+def make_client(
+    limits: Limits | None = None,
+    pytorch: FakeClassifier | None = None,
+    metrics: Metrics | None = None,
+    access_log: AccessLog | None = None,
+    settings: Settings | None = None,
+) -> testing.TestClient:
     models = {
         "sklearn": FakeClassifier(SKLEARN_ROWS),
         "pytorch": pytorch or FakeClassifier([[0.2, 0.3, 0.5]], input_dtype=np.float32),
     }
-    return testing.TestClient(create_app(models, LABELS, limits=limits, metrics=Metrics()))
+    app = create_app(
+        models,
+        LABELS,
+        limits=limits,
+        metrics=metrics or Metrics(),
+        access_log=access_log or AccessLog(lambda line: None),
+        settings=settings,
+    )
+    return testing.TestClient(app)
 
 
 @pytest.fixture
@@ -72,10 +88,88 @@ def test_model_metadata(client: testing.TestClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v2/models/keras", "/v2/models/keras/ready"])
-def test_unknown_model_is_404_json(client: testing.TestClient, path: str) -> None:
+def test_unknown_model_is_404_in_the_protocols_shape(client: testing.TestClient, path: str) -> None:
     result = client.simulate_get(path)
     assert result.status_code == 404
-    assert result.json["title"] == "Unknown model"
+    assert result.json == {"error": "no model named 'keras'"}
+    assert client.simulate_head(path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "GET",
+            "/sklearn",
+            {
+                "title": "405 Method Not Allowed",
+                "description": "GET is not allowed on /sklearn; use POST, OPTIONS",
+            },
+        ),
+        (
+            "PUT",
+            "/astromech",
+            {
+                "title": "405 Method Not Allowed",
+                "description": "PUT is not allowed on /astromech; use POST, OPTIONS",
+            },
+        ),
+        (
+            "POST",
+            "/v2/health/ready",
+            {"error": "POST is not allowed on /v2/health/ready; use GET, HEAD, OPTIONS"},
+        ),
+        (
+            "GET",
+            "/v2/models/sklearn/infer",
+            {"error": "GET is not allowed on /v2/models/sklearn/infer; use POST, OPTIONS"},
+        ),
+    ],
+)
+def test_405_names_the_allowed_methods_in_the_protocols_shape(
+    client: testing.TestClient, method: str, path: str, body: dict
+) -> None:
+    result = client.simulate_request(method, path)
+    assert result.status_code == 405
+    assert result.json == body
+    assert result.headers["Allow"] == body.get("description", body.get("error")).split("use ")[1]
+
+
+NO_SLASH = "(without the trailing slash)?"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/sklearn/",
+            {
+                "title": "404 Not Found",
+                "description": f"no route /sklearn/; did you mean /sklearn {NO_SLASH}",
+            },
+        ),
+        (
+            "/v2/health/ready/",
+            {"error": f"no route /v2/health/ready/; did you mean /v2/health/ready {NO_SLASH}"},
+        ),
+        ("/keras", {"title": "404 Not Found", "description": "no route /keras"}),
+        ("/v2/nothing", {"error": "no route /v2/nothing"}),
+    ],
+)
+def test_404_says_when_a_trailing_slash_is_the_cause(
+    client: testing.TestClient, path: str, body: dict
+) -> None:
+    result = client.simulate_post(path, json={"crystalData": ROWS})
+    assert (result.status_code, result.json) == (404, body)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/health/live", "/v2/health/ready", "/v2/models/sklearn/ready"]
+)
+def test_probes_answer_head(client: testing.TestClient, path: str) -> None:
+    result = client.simulate_head(path)
+    assert result.status_code == 200
+    assert result.content == b""
 
 
 def test_server_metadata(client: testing.TestClient) -> None:
@@ -97,17 +191,16 @@ def test_request_id_is_kept_when_safe_and_replaced_otherwise(client: testing.Tes
     assert kept.headers["X-Request-ID"] == "droid-7:42"
     for hostile in ["x" * 65, "a b", "id\u00e9", '"}{"level"']:
         replaced = client.simulate_get("/v2/health/live", headers={"X-Request-ID": hostile})
-        assert replaced.headers["X-Request-ID"] != hostile
-        assert len(replaced.headers["X-Request-ID"]) == 32
-    generated = client.simulate_get("/v2/health/live").headers["X-Request-ID"]
-    assert len(generated) == 32
+        assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", replaced.headers["X-Request-ID"])
+    generated = {client.simulate_get("/v2/health/live").headers["X-Request-ID"] for _ in range(3)}
+    assert len(generated) == 3
 
 
 def test_one_access_log_line_per_request() -> None:
     lines = io.BytesIO()
     models = {"sklearn": FakeClassifier(SKLEARN_ROWS), "pytorch": FakeClassifier(SKLEARN_ROWS)}
     client = testing.TestClient(create_app(models, LABELS, access_log=AccessLog(lines.write)))
-    client.simulate_post(
+    answer = client.simulate_post(
         "/astromech", json={"crystalData": ROWS, "model": "sklearn"}, headers={"X-Request-ID": "r1"}
     )
     client.simulate_post("/pytorch", json={"crystalData": [[1, 2]]}, headers={"X-Request-ID": "r2"})
@@ -127,9 +220,68 @@ def test_one_access_log_line_per_request() -> None:
         200,
     )
     assert first["duration_ms"] > 0
+    assert (first["version"], first["bytes"], first["client"]) == (
+        "0123456789ab",
+        len(answer.content),
+        "127.0.0.1",
+    )
+    assert first["user_agent"].startswith("falcon-client")
     assert "error" not in first
     assert (second["model"], second["status"]) == ("pytorch", 422)
     assert "$.crystalData[0]" in second["error"]
+
+
+def test_an_astromech_error_logs_the_model_the_body_named() -> None:
+    lines = io.BytesIO()
+    client = make_client(access_log=AccessLog(lines.write))
+    client.simulate_post("/astromech", json={"crystalData": [[1, 2]], "model": "pytorch"})
+    client.simulate_post("/astromech", json={"crystalData": [[1, 2]], "model": "keras"})
+    first, second = (json.loads(line) for line in lines.getvalue().splitlines())
+    assert (first["status"], first["model"], first["version"]) == (422, "pytorch", "0123456789ab")
+    assert (second["status"], second["model"]) == (400, "")
+
+
+def test_probes_and_scrapes_stay_out_of_the_access_log_unless_asked() -> None:
+    for log_probes, expected in (
+        (False, ["/sklearn"]),
+        (True, ["/v2/health/live", "/v2/health/ready", "/metrics", "/sklearn"]),
+    ):
+        lines = io.BytesIO()
+        client = make_client(
+            access_log=AccessLog(lines.write),
+            settings=Settings.from_env({"LOG_PROBES": str(log_probes).lower()}),
+        )
+        for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+            assert client.simulate_get(path).status_code == 200
+        client.simulate_post("/sklearn", json={"crystalData": ROWS})
+        assert [json.loads(line)["path"] for line in lines.getvalue().splitlines()] == expected
+
+
+def test_a_worker_at_its_in_flight_cap_sheds_with_503_but_answers_probes() -> None:
+    metrics = Metrics()
+    client = make_client(metrics=metrics, settings=Settings.from_env({"MAX_IN_FLIGHT": "2"}))
+    metrics.in_flight = 2  # two requests of this worker still in progress
+    shed = client.simulate_post("/sklearn", json={"crystalData": ROWS})
+    assert shed.status_code == 503
+    assert shed.headers["Retry-After"] == "1"
+    assert shed.json == {
+        "title": "Overloaded",
+        "description": "more than 2 requests in progress in this worker; retry",
+    }
+    assert client.simulate_post("/v2/models/sklearn/infer", json={}).json == {
+        "error": "more than 2 requests in progress in this worker; retry"
+    }
+    assert client.simulate_get("/v2/health/ready").status_code == 200
+    assert client.simulate_get("/v2/health/live").status_code == 200
+    assert metrics.in_flight == 2  # every request counted out as it was counted in
+    metrics.in_flight = 1
+    assert client.simulate_post("/sklearn", json={"crystalData": ROWS}).status_code == 200
+    text = client.simulate_get("/metrics").text
+    assert "crystal_requests_shed_total 2.0" in text
+    assert (
+        'crystal_requests_total{endpoint="/sklearn",method="POST",model="",status="503"} 1.0'
+        in text
+    )
 
 
 def test_json_log_formatter_writes_one_parsable_line() -> None:
@@ -148,11 +300,25 @@ def test_metrics_count_requests(client: testing.TestClient) -> None:
         client.simulate_post("/sklearn", json={"crystalData": ROWS})
     client.simulate_post("/sklearn", json={"crystalData": []})
     text = client.simulate_get("/metrics").text
-    assert 'crystal_requests_total{endpoint="/sklearn",model="sklearn",status="200"} 3.0' in text
-    assert 'crystal_requests_total{endpoint="/sklearn",model="sklearn",status="422"} 1.0' in text
+    client.simulate_options("/sklearn")
+    text = client.simulate_get("/metrics").text
+    sklearn = 'endpoint="/sklearn",method="{}",model="sklearn",status="{}"'
+    assert f"crystal_requests_total{{{sklearn.format('POST', 200)}}} 3.0" in text
+    assert f"crystal_requests_total{{{sklearn.format('POST', 422)}}} 1.0" in text
+    options = 'crystal_requests_total{endpoint="/sklearn",method="OPTIONS",model="",status="200"}'
+    assert f"{options} 1.0" in text
     assert 'crystal_inference_duration_seconds_count{model="sklearn"} 3.0' in text
     assert 'crystal_request_rows_sum{model="sklearn"} 9.0' in text
+    # SKLEARN_ROWS cycle over the 3 rows: blue, green, blue, three times.
+    assert 'crystal_predictions_total{label="blue",model="sklearn"} 6.0' in text
+    assert 'crystal_predictions_total{label="green",model="sklearn"} 3.0' in text
+    assert 'crystal_prediction_confidence_count{model="sklearn"} 9.0' in text
+    for bound, rows in (("0.6", 0), ("0.7", 3), ("0.99", 3), ("0.999", 9)):
+        assert (
+            f'crystal_prediction_confidence_bucket{{le="{bound}",model="sklearn"}} {rows}.0' in text
+        )
     assert "crystal_requests_in_flight 1.0" in text  # this very request
+    assert re.search(r'crystal_worker_resident_memory_bytes\{worker="\d+"\} [1-9]', text)
 
 
 def test_declared_body_over_the_limit_is_413_unread() -> None:
@@ -173,17 +339,41 @@ def test_rows_over_the_limit_is_413() -> None:
     assert result.json["description"] == "crystalData has 3 rows, the limit is 2"
 
 
-def _request_without_length(body: bytes) -> falcon.Request:
-    env = testing.create_environ(method="POST", path="/sklearn", body=body)
-    del env["CONTENT_LENGTH"]
-    return falcon.Request(env)
+def _request(events: list[dict], content_length: int | None = None) -> CrystalRequest:
+    """A request whose body arrives as these ASGI events, as gunicorn hands them to the app."""
+    headers = {} if content_length is None else {"Content-Length": str(content_length)}
+    pending = iter(events[1:])
+
+    async def receive() -> dict:
+        return next(pending)
+
+    scope = testing.create_scope(method="POST", path="/sklearn", headers=headers)
+    return CrystalRequest(scope, receive, first_event=events[0])
+
+
+def _pieces(body: bytes, size: int) -> list[dict]:
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    return [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 def test_body_without_length_is_read_to_the_end() -> None:
     body = json.dumps({"crystalData": ROWS * 10_000}).encode()
-    assert read_body(_request_without_length(body), max_bytes=len(body)) == body
+    request = _request(_pieces(body, 65_536))
+    assert asyncio.run(read_body(request, max_bytes=len(body))) == body
 
 
 def test_body_without_length_over_the_limit_is_refused() -> None:
     with pytest.raises(PayloadTooLarge, match="exceeds the limit of 1000 bytes"):
-        read_body(_request_without_length(b"x" * 200_000), max_bytes=1000)
+        asyncio.run(read_body(_request(_pieces(b"x" * 200_000, 600)), max_bytes=1000))
+
+
+@pytest.mark.parametrize("content_length", [None, 1000])
+def test_a_body_cut_short_is_a_timeout_not_a_whole_body(content_length: int | None) -> None:
+    """gunicorn ends a stalled or abandoned body with http.disconnect; it must not be decoded."""
+    events = [*_pieces(b"x" * 10, 5)[:1], {"type": "http.disconnect"}]
+    events[0]["more_body"] = True
+    with pytest.raises(RequestTimeout, match="the request body stopped before its end"):
+        asyncio.run(read_body(_request(events, content_length), max_bytes=10_000))

@@ -6,7 +6,7 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,20 +41,32 @@ def rss_kib(pid: int) -> int:
 
 def counter(metrics: str, endpoint: str, model: str, status: int) -> float:
     pattern = (
-        rf'^crystal_requests_total\{{endpoint="{re.escape(endpoint)}",model="{model}",'
-        rf'status="{status}"\}} (\S+)$'
+        rf'^crystal_requests_total\{{endpoint="{re.escape(endpoint)}",method="POST",'
+        rf'model="{model}",status="{status}"\}} (\S+)$'
     )
     match = re.search(pattern, metrics, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
+def scrape_until(live: LiveServer, done: Callable[[str], bool], seconds: float = 5.0) -> str:
+    """A scrape shows other workers as of their last publication (METRICS_FLUSH_SECONDS)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = requests.get(live.url + "/metrics", timeout=10).text
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
 def test_metrics_count_exactly_across_workers_and_worker_deaths() -> None:
-    live = LiveServer().wait_ready()
+    """A SIGKILLed worker keeps what it published; it loses at most METRICS_FLUSH_SECONDS."""
+    live = LiveServer({"METRICS_FLUSH_SECONDS": "0.1"}).wait_ready()
     try:
         for _ in range(30):
             assert requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10).ok
         for _ in range(7):
             requests.post(live.url + "/pytorch", json={"crystalData": [[1]]}, timeout=10)
+        time.sleep(0.5)  # past the workers' next publication
         before = worker_pids(live)
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -65,9 +77,12 @@ def test_metrics_count_exactly_across_workers_and_worker_deaths() -> None:
             time.sleep(0.1)
         for _ in range(20):
             assert requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10).ok
-        text = requests.get(live.url + "/metrics", timeout=10).text
+        text = scrape_until(live, lambda text: counter(text, "/sklearn", "sklearn", 200) == 50)
         assert counter(text, "/sklearn", "sklearn", 200) == 50
         assert counter(text, "/pytorch", "pytorch", 422) == 7
+        assert re.search(r"^crystal_worker_restarts_total 1\.0$", text, re.M)
+        memory = re.findall(r'^crystal_worker_resident_memory_bytes\{worker="(\d+)"\}', text, re.M)
+        assert sorted(int(pid) for pid in memory) == worker_pids(live)
         assert re.search(r'^crystal_request_rows_sum\{model="sklearn"\} 150\.0$', text, re.M)
         assert re.search(r"^crystal_requests_in_flight 1\.0$", text, re.M)
     finally:
@@ -75,30 +90,37 @@ def test_metrics_count_exactly_across_workers_and_worker_deaths() -> None:
 
 
 def test_own_metrics_folder_is_made_at_start_and_removed_at_exit() -> None:
-    def folders() -> set[Path]:
-        return set(Path(tempfile.gettempdir()).glob("crystal-metrics-*"))
-
-    existing = folders()
     live = LiveServer().wait_ready()
-    (made,) = folders() - existing
+    (made,) = Path(tempfile.gettempdir()).glob(f"crystal-metrics-{live.process.pid}-*")
     assert any(made.iterdir())
     assert live.stop() == 0
     assert not made.exists()
 
 
-def test_configured_metrics_folder_is_emptied_at_start(tmp_path: Path) -> None:
-    folder = tmp_path / "metrics"
-    folder.mkdir()
-    (folder / "counter_999999.db").write_bytes(b"stale samples of a previous run")
-    live = LiveServer({"PROMETHEUS_MULTIPROC_DIR": str(folder)}).wait_ready()
+def test_metrics_dir_gets_a_private_folder_and_foreign_files_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    """Two replicas sharing METRICS_DIR (missing at first) each count their own requests."""
+    parent = tmp_path / "not" / "made" / "yet"
+    first = LiveServer({"METRICS_DIR": str(parent)}).wait_ready()
+    second = LiveServer({"METRICS_DIR": str(parent)}).wait_ready()
     try:
-        assert not (folder / "counter_999999.db").exists()
-        requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10)
-        text = requests.get(live.url + "/metrics", timeout=10).text
-        assert counter(text, "/sklearn", "sklearn", 200) == 1
-        assert any(folder.glob("counter_*.db"))
+        foreign = parent / "counter_999999.db"
+        foreign.write_bytes(b"another program's file")
+        for live, count in ((first, 2), (second, 3)):
+            for _ in range(count):
+                requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10)
+        for live, count in ((first, 2), (second, 3)):
+            text = scrape_until(
+                live, lambda t, n=count: counter(t, "/sklearn", "sklearn", 200) == n
+            )
+            assert counter(text, "/sklearn", "sklearn", 200) == count
+        assert len(list(parent.glob("crystal-metrics-*"))) == 2
     finally:
-        assert live.stop() == 0
+        assert first.stop() == 0
+        assert second.stop() == 0
+    assert sorted(parent.iterdir()) == [foreign]
+    assert foreign.read_bytes() == b"another program's file"
 
 
 def test_request_log_line(server: LiveServer) -> None:
@@ -199,8 +221,13 @@ def test_chunked_body_is_read_and_bounded(server: LiveServer) -> None:
 
 
 def test_refuses_unknown_routes_and_methods_as_json(server: LiveServer) -> None:
-    assert requests.get(server.url + "/v3", timeout=10).json()["title"] == "404 Not Found"
-    assert requests.post(server.url + "/metrics", timeout=10).status_code == 405
+    assert requests.get(server.url + "/v3", timeout=10).json() == {
+        "title": "404 Not Found",
+        "description": "no route /v3",
+    }
+    refused = requests.post(server.url + "/metrics", timeout=10)
+    assert refused.status_code == 405
+    assert refused.json()["description"] == "POST is not allowed on /metrics; use GET, OPTIONS"
 
 
 def test_spec_file_is_valid() -> None:

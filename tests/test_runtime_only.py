@@ -14,8 +14,8 @@ ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17]]
 def test_serving_imports_no_build_time_package() -> None:
     probe = (
         "import sys\n"
-        "import serve.__main__, serve.wsgi\n"
-        "serve.wsgi.application()\n"
+        "import serve.__main__, serve.asgi\n"
+        "serve.asgi.application()\n"
         f"print(sorted(m for m in {BUILD_TIME!r} if m in sys.modules))\n"
     )
     result = subprocess.run(

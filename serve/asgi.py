@@ -1,6 +1,6 @@
 """gunicorn's entry point: each worker builds its own app, and so its own onnxruntime sessions."""
 
-import falcon
+import falcon.asgi
 from gunicorn.errors import AppImportError
 
 from serve.app import get_app
@@ -8,7 +8,7 @@ from serve.errors import StartupError
 from serve.logs import configure_logging
 
 
-def application() -> falcon.App:
+def application() -> falcon.asgi.App:
     """gunicorn prints an AppImportError as one line and halts the whole server."""
     configure_logging()
     try:

@@ -1,0 +1,181 @@
+"""The droids' protocol: `POST /<model>` and `POST /astromech` with `{"crystalData": [[...]]}`,
+answered `{"prediction": [...], "scores": [{label: p}, ...]}`; errors `{"title", "description"}`.
+
+Bodies are decoded against a typed schema: msgspec checks types, row lengths and value bounds in
+C and names the JSON path of the first fault. JSON has no NaN or Infinity, and msgspec refuses
+numbers that overflow a float64, so a decoded batch holds finite values within the bound only.
+"""
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Annotated, Any
+
+import falcon
+import falcon.asgi
+import msgspec
+import numpy as np
+
+from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
+from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
+from serve.registry import ModelRegistry
+from serve.request import CrystalRequest
+from serve.runner import BatchRunner
+from serve.settings import Limits
+
+ASTROMECH = "astromech"
+MAX_ECHO = 40
+
+_encoder = msgspec.json.Encoder()
+
+
+class _ModelField(msgspec.Struct):
+    model: Any = msgspec.UNSET
+
+
+_model_decoder = msgspec.json.Decoder(_ModelField)
+
+
+def error_body(title: str, description: str) -> bytes:
+    return _encoder.encode({"title": title, "description": description})
+
+
+def _invalid(exc: Exception, model: str = "") -> InvalidCrystalData:
+    if isinstance(exc, RecursionError):
+        return InvalidCrystalData("JSON body is nested too deeply", model)
+    if isinstance(exc, msgspec.ValidationError):
+        return InvalidCrystalData(str(exc), model)
+    return InvalidCrystalData(f"body is not valid JSON: {exc}", model)
+
+
+def _check_model(model: object, model_names: frozenset[str]) -> str:
+    if isinstance(model, str) and model in model_names:
+        return model
+    expected = " or ".join(f'"{name}"' for name in sorted(model_names))
+    if model is msgspec.UNSET:
+        raise InvalidModel(f"model is missing; expected {expected}")
+    shown = msgspec.json.encode(model).decode()
+    if len(shown) > MAX_ECHO:
+        shown = shown[:MAX_ECHO] + "..."
+    raise InvalidModel(f"model must be {expected}, got {shown}")
+
+
+class CrystalDecoder:
+    """Decodes /<model> and /astromech bodies into [rows, 4] float64 batches."""
+
+    def __init__(self, limits: Limits, model_names: frozenset[str]):
+        value = bounded_value(limits)
+        rows = Annotated[list[tuple[value, value, value, value]], msgspec.Meta(min_length=1)]
+        crystal = msgspec.defstruct("CrystalRequest", [("crystalData", rows)])
+        astromech = msgspec.defstruct("AstromechRequest", [("crystalData", rows), ("model", str)])
+        self._crystal = msgspec.json.Decoder(crystal)
+        self._astromech = msgspec.json.Decoder(astromech)
+        self._max_rows = limits.max_rows
+        self._model_names = model_names
+
+    def _as_batch(self, rows: list[tuple[float, ...]], model: str = "") -> np.ndarray:
+        if len(rows) > self._max_rows:
+            raise PayloadTooLarge(
+                f"crystalData has {len(rows)} rows, the limit is {self._max_rows}", model
+            )
+        return np.array(rows, dtype=np.float64)
+
+    def crystal_data(self, body: bytes) -> np.ndarray:
+        """The rows of a /<model> body."""
+        check_utf8(body)
+        try:
+            rows = self._crystal.decode(body).crystalData
+        except DECODE_ERRORS as exc:
+            raise _invalid(exc) from None
+        return self._as_batch(rows)
+
+    def astromech(self, body: bytes) -> tuple[str, np.ndarray]:
+        """The chosen model and the rows of an /astromech body.
+
+        An invalid model is reported before invalid data: when the typed decode fails, the body
+        is read again for its `model` field alone, to tell which of the two is at fault.
+        """
+        check_utf8(body)
+        try:
+            request = self._astromech.decode(body)
+        except DECODE_ERRORS as exc:
+            try:
+                model = _model_decoder.decode(body).model
+            except DECODE_ERRORS:
+                raise _invalid(exc) from None
+            raise _invalid(exc, _check_model(model, self._model_names)) from None
+        model = _check_model(request.model, self._model_names)
+        return model, self._as_batch(request.crystalData, model)
+
+
+class DroidProtocol:
+    """Decode, predict through the registry, render: the droids' whole request path."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        limits: Limits,
+        runner: BatchRunner,
+    ):
+        self._registry = registry
+        self._decoder = CrystalDecoder(limits, registry.names)
+        self._runner = runner
+        self._max_body_bytes = limits.max_body_bytes
+        # A struct per score row: lighter to build and to encode than a dict, same JSON.
+        fields = [f"p{i}" for i in range(len(registry.labels))]
+        self._scores = msgspec.defstruct(
+            "Scores", fields, rename=dict(zip(fields, registry.labels, strict=True))
+        )
+
+    def _answer(self, model: str, batch: np.ndarray) -> bytes:
+        """Scores keep full float64 precision; float32 outputs are widened as `tolist()` does."""
+        probabilities, prediction = self._registry.run(model, batch)
+        scores = self._scores
+        return _encoder.encode(
+            {"prediction": prediction, "scores": [scores(*row) for row in probabilities.tolist()]}
+        )
+
+    def _model_work(self, model: str, body: bytes) -> tuple[str, int, bytes]:
+        batch = self._decoder.crystal_data(body)
+        return model, len(batch), self._answer(model, batch)
+
+    def _astromech_work(self, body: bytes) -> tuple[str, int, bytes]:
+        model, batch = self._decoder.astromech(body)
+        return model, len(batch), self._answer(model, batch)
+
+    async def respond(self, req: CrystalRequest, resp: falcon.asgi.Response, model: str) -> None:
+        """`model` is the route's model, or ASTROMECH when the body names it."""
+        body = await read_body(req, self._max_body_bytes)
+        if model == ASTROMECH:
+            work = partial(self._astromech_work, body)
+        else:
+            work = partial(self._model_work, model, body)
+        req.context.model, req.context.rows, resp.data = await self._runner.run(len(body), work)
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class ModelResource:
+    """POST /<model>: one fixed model. Bodies are JSON whatever their Content-Type."""
+
+    def __init__(self, protocol: DroidProtocol, model: str):
+        self._protocol = protocol
+        self._model = model
+
+    async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        req.context.model = self._model
+        await self._protocol.respond(req, resp, self._model)
+
+
+class AstromechResource:
+    """POST /astromech: the body names the model."""
+
+    def __init__(self, protocol: DroidProtocol):
+        self._protocol = protocol
+
+    async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        await self._protocol.respond(req, resp, ASTROMECH)
+
+
+def add_routes(app: falcon.asgi.App, protocol: DroidProtocol, models: Sequence[str]) -> None:
+    for name in sorted(models):
+        app.add_route(f"/{name}", ModelResource(protocol, name))
+    app.add_route(f"/{ASTROMECH}", AstromechResource(protocol))

@@ -1,0 +1,100 @@
+"""gunicorn's own ASGI worker, with two things it does not offer as settings:
+
+- a new connection must send its first request head within HEADER_TIMEOUT (gunicorn times out
+  only the wait between two requests, with `keepalive`), so silent and slow-header connections
+  are closed instead of kept forever;
+- a SIGTERM that arrives while the worker boots stops it (gunicorn would miss it), and on
+  SIGTERM idle keep-alive connections close at once instead of after `keepalive`;
+- the answers gunicorn writes itself, before the app runs (malformed request line, headers or
+  chunked framing: 400, 414, 431, 501), are JSON like every other answer, and a request whose
+  body stops arriving before the app has seen any of it is answered 408, not 500.
+
+It subclasses gunicorn's ASGIProtocol (pinned gunicorn version; the suite's hostile-client tests
+cover each behaviour) and makes the worker build connections with it.
+"""
+
+import asyncio
+import signal
+import weakref
+from http import HTTPStatus
+from typing import ClassVar
+
+import msgspec
+from gunicorn.asgi import protocol
+from gunicorn.workers import gasgi
+
+from serve.settings import Settings
+
+_encoder = msgspec.json.Encoder()
+
+
+class CrystalProtocol(protocol.ASGIProtocol):
+    header_timeout: float = 5.0
+    connections: ClassVar["weakref.WeakSet[CrystalProtocol]"] = weakref.WeakSet()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connections.add(self)
+        super().connection_made(transport)
+
+    def close_if_idle(self) -> None:
+        """On shutdown: a connection waiting for its next request is closed now, as its
+        keep-alive timeout would; one with a request in progress finishes it first."""
+        if self._awaiting_request and not self._closed:
+            self._keepalive_timeout()
+
+    def _start_http1(self, buffered: bytes = b"") -> None:
+        super()._start_http1(buffered)
+        # The keep-alive timer closes a connection that sends no request head in time; the
+        # connection loop cancels it once a head is complete, and re-arms it between requests.
+        self._keepalive_handle = self.worker.loop.call_later(
+            self.header_timeout, self._keepalive_timeout
+        )
+
+    def _send_error_response(
+        self, status: int, message: str, extra_headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        receiver = self._body_receiver
+        if status == 500 and receiver is not None and receiver._body_wait_expired:
+            status, message = 408, "the request body stopped before its end"
+        try:
+            title = HTTPStatus(status).phrase
+        except ValueError:
+            title = "Error"
+        body = _encoder.encode({"title": title, "description": message[:200]})
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        head = (
+            f"HTTP/1.1 {status} {title}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"{extra}"
+            "Connection: close\r\n\r\n"
+        )
+        self._safe_write(head.encode("latin-1") + body)
+
+
+class CrystalWorker(gasgi.ASGIWorker):
+    def init_process(self) -> None:
+        # Until gunicorn installs the worker's own handlers, SIGTERM would reach the master's
+        # handler inherited through fork and be lost: a server stopped while a worker boots
+        # then waited GRACEFUL_TIMEOUT for it. Here it stops the worker before it serves.
+        signal.signal(signal.SIGTERM, self._stop_while_booting)
+        CrystalProtocol.header_timeout = Settings.from_env().header_timeout
+        gasgi.ASGIProtocol = CrystalProtocol  # the worker builds each connection from this name
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """uvloop drops a signal that arrives before its loop runs, and loading the models takes
+        a while: SIGTERM meanwhile is caught here."""
+        loop_handler = signal.signal(signal.SIGTERM, self._stop_while_booting)
+        try:
+            super().load_wsgi()
+        finally:
+            signal.signal(signal.SIGTERM, loop_handler)
+
+    def _stop_while_booting(self, signum: int, frame: object) -> None:
+        self.alive = False
+
+    async def _shutdown(self) -> None:
+        for connection in list(CrystalProtocol.connections):
+            connection.close_if_idle()
+        await super()._shutdown()
