@@ -44,11 +44,15 @@ class CrystalProtocol(protocol.ASGIProtocol):
 
     def _start_http1(self, buffered: bytes = b"") -> None:
         super()._start_http1(buffered)
-        # The keep-alive timer closes a connection that sends no request head in time; the
-        # connection loop cancels it once a head is complete, and re-arms it between requests.
+        # Held in the keep-alive timer's place: the connection loop cancels it once a request
+        # head is complete, and arms the keep-alive timer itself between requests.
         self._keepalive_handle = self.worker.loop.call_later(
-            self.header_timeout, self._keepalive_timeout
+            self.header_timeout, self._head_timeout
         )
+
+    def _head_timeout(self) -> None:
+        self._send_error_response(408, f"no complete request head within {self.header_timeout:g} s")
+        self._keepalive_timeout()
 
     def _send_error_response(
         self, status: int, message: str, extra_headers: tuple[tuple[str, str], ...] = ()

@@ -1,0 +1,229 @@
+"""Slow, silent and malformed clients against the live server, at the socket level: they are
+timed out, answered in JSON, and cost the other clients nothing; overload is shed, not queued."""
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+
+import pytest
+import requests
+from live_server import LiveServer
+
+pytestmark = pytest.mark.e2e
+BODY = json.dumps({"crystalData": [[0.92, 0.12, 0.31, 0.09]]}).encode()
+# Short timeouts so each case runs in seconds; one worker so the in-flight cap is deterministic.
+SETTINGS = {
+    "WORKERS": "1",
+    "HEADER_TIMEOUT": "2",
+    "TIMEOUT": "2",
+    "KEEPALIVE": "1",
+    "MAX_IN_FLIGHT": "4",
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer(SETTINGS).wait_ready()
+    yield live
+    live.stop()
+    assert "Traceback" not in live.output
+
+
+def connect(server: LiveServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def answer(raw: bytes) -> tuple[int, dict[str, str], object]:
+    """Status, headers and JSON body of one raw HTTP/1.1 answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def post_ok(server: LiveServer) -> float:
+    """One normal request; its latency in seconds."""
+    started = time.monotonic()
+    response = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
+    assert response.status_code == 200
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Le"])
+def test_a_connection_without_a_request_head_gets_408_and_is_closed(
+    server: LiveServer, sent: bytes
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        raw = read_until_closed(sock)
+    assert 1.5 < time.monotonic() - started < 4
+    status, headers, body = answer(raw)
+    assert (status, headers["content-type"]) == (408, "application/json")
+    assert body == {
+        "title": "Request Timeout",
+        "description": "no complete request head within 2 s",
+    }
+
+
+@pytest.mark.parametrize("body_bytes", [0, 10])
+def test_a_body_that_stops_gets_408_and_is_closed(server: LiveServer, body_bytes: int) -> None:
+    head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(head + b" " * body_bytes)
+        started = time.monotonic()
+        raw = read_until_closed(sock)
+    assert 1.5 < time.monotonic() - started < 4
+    status, headers, body = answer(raw)
+    assert (status, headers["content-type"]) == (408, "application/json")
+    assert body["description"] == "the request body stopped before its end"
+    post_ok(server)
+
+
+def test_an_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
+    request = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    with connect(server) as sock:
+        sock.sendall(request + BODY)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+    assert time.monotonic() - started < 3
+
+
+def test_a_client_that_leaves_mid_body_costs_nothing(server: LiveServer) -> None:
+    for _ in range(5):
+        with connect(server) as sock:
+            sock.sendall(b"POST /pytorch HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[[1,")
+    post_ok(server)
+    time.sleep(0.5)
+    assert "Traceback" not in server.output
+
+
+CHUNKED_HEAD = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("framing", "expected"),
+    [
+        (b"0x5\r\nhello\r\n0\r\n\r\n", 400),
+        (b"g\r\nhello\r\n0\r\n\r\n", 400),
+        (b"-5\r\nhello\r\n0\r\n\r\n", 400),
+        (b"+5\r\nhello\r\n0\r\n\r\n", 400),
+        (b"5\nhello\n0\n\n", 400),
+        (b"5\r\nhelloXX0\r\n\r\n", 400),
+        # The parser takes an oversized chunk size as a long chunk: it never arrives.
+        (b"ffffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", 408),
+    ],
+)
+def test_malformed_chunked_framing_is_answered_in_json(
+    server: LiveServer, framing: bytes, expected: int
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_HEAD + framing)
+        raw = read_until_closed(sock)
+    status, headers, body = answer(raw)
+    assert (status, headers["content-type"]) == (expected, "application/json")
+    assert body["title"] and body["description"]
+    post_ok(server)
+
+
+def test_a_chunked_body_cut_short_is_closed_without_an_error(server: LiveServer) -> None:
+    with connect(server) as sock:
+        sock.sendall(CHUNKED_HEAD + b'10\r\n{"crystalData"')
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_until_closed(sock)
+    assert raw == b"" or answer(raw)[0] in (400, 408)
+    post_ok(server)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"BREW /pot HTCPCP/1.0\r\n\r\n", 400),
+        (b"POST /sklearn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    ],
+)
+def test_answers_the_server_writes_itself_are_json(
+    server: LiveServer, request_bytes: bytes, status: int
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        raw = read_until_closed(sock)
+    got, headers, body = answer(raw)
+    assert (got, headers["content-type"]) == (status, "application/json")
+    assert set(body) == {"title", "description"}
+
+
+def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -> None:
+    """Four uploads in progress fill the worker's cap of 4: a fifth request is refused at once,
+    probes are still answered, and once the uploads time out the worker serves again."""
+    head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[[1,"
+    uploads = [connect(server) for _ in range(4)]
+    try:
+        for sock in uploads:
+            sock.sendall(head)
+        time.sleep(0.3)
+        started = time.monotonic()
+        shed = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
+        assert time.monotonic() - started < 0.5
+        assert shed.status_code == 503
+        assert shed.headers["Retry-After"] == "1"
+        assert shed.json()["title"] == "Overloaded"
+        assert requests.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
+        assert requests.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+        for sock in uploads:
+            assert answer(read_until_closed(sock))[0] == 408
+    finally:
+        for sock in uploads:
+            sock.close()
+    post_ok(server)
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert re.search(r"^crystal_requests_shed_total [1-9]", metrics, re.M)
+
+
+def test_silent_and_slow_header_connections_do_not_delay_others(server: LiveServer) -> None:
+    """300 connections that send nothing and 50 that send their head a byte at a time, while a
+    normal client keeps posting: its requests are answered as if they were alone."""
+    silent = [connect(server) for _ in range(300)]
+    slow = [connect(server) for _ in range(50)]
+    head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for byte in head:
+            for sock in slow:
+                with suppress(OSError):
+                    sock.send(bytes([byte]))
+            if stop.wait(0.05):
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        latencies = []
+        deadline = time.monotonic() + 1.5  # within HEADER_TIMEOUT: all of them still open
+        while time.monotonic() < deadline:
+            latencies.append(post_ok(server))
+    finally:
+        stop.set()
+        sender.join()
+        for sock in silent + slow:
+            sock.close()
+    assert len(latencies) > 20
+    assert max(latencies) < 0.25, f"slowest normal request {max(latencies):.3f} s"
