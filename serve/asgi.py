@@ -14,4 +14,4 @@ def application() -> falcon.asgi.App:
     try:
         return get_app()
     except StartupError as exc:
-        raise AppImportError(f"serve: cannot start: {exc}") from None
+        raise AppImportError(f"cannot start: {exc}") from None

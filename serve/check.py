@@ -1,22 +1,62 @@
-"""`python -m serve.check`: build the app exactly as a worker does, then exit.
+"""`python -m serve.check`: everything that can stop the server, checked before gunicorn starts.
 
-Exit 0 means the deployment can serve: every model file exists, matches its checksum, loads in
-onnxruntime with the [batch, 4] input contract, and fits labels.txt. `python -m serve` runs it in
-a separate process before starting gunicorn, so a broken deployment stops with one clear line and
-the gunicorn master never holds an onnxruntime session.
+Exit 0 means the deployment can serve: the settings are valid, HOST resolves and PORT can be
+bound there, and the app builds exactly as a worker builds it (every model file exists, matches
+its checksum, loads in onnxruntime with the [batch, 4] input contract, and fits labels.txt).
+`python -m serve` runs it in a separate process before starting gunicorn, so a broken deployment
+stops within a second with one JSON line and exit code 2, and the gunicorn master never holds an
+onnxruntime session.
 """
 
+import socket
 import sys
+import tempfile
+from pathlib import Path
 
 from serve.app import get_app
 from serve.errors import StartupError
+from serve.logs import json_line
+from serve.settings import Settings
+
+
+def check_listen(host: str, port: int) -> None:
+    """Binds and releases the address gunicorn will listen on (SO_REUSEADDR, as gunicorn)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise StartupError(f"HOST {host!r} cannot be resolved: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise StartupError(
+                f"PORT {port} on HOST {host} cannot be bound: {exc.strerror}"
+            ) from None
+
+
+def check_metrics_dir(parent: Path | None) -> None:
+    """The master makes its private metrics folder inside METRICS_DIR: it must be possible."""
+    if parent is None:
+        return
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".crystal-check-", dir=parent)).rmdir()
+    except OSError as exc:
+        raise StartupError(f"METRICS_DIR {parent} cannot hold a folder: {exc.strerror}") from None
 
 
 def main() -> int:
     try:
-        get_app()
+        settings = Settings.from_env()
+        check_listen(settings.host, settings.port)
+        check_metrics_dir(settings.metrics_dir)
+        get_app(settings)
     except StartupError as exc:
-        print(f"serve: cannot start: {exc}", file=sys.stderr)
+        line = json_line("error", "serve", f"cannot start: {exc}", {"exit_code": 2})
+        sys.stderr.buffer.write(line + b"\n")
         return 2
     return 0
 

@@ -29,6 +29,7 @@ reload = False
 control_socket_disable = True
 errorlog = "-"
 loglevel = "info"
+logger_class = "serve.logs.GunicornJsonLogger"
 accesslog = None  # the app writes one JSON line per request itself
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from gunicorn import glogging
 
 _encoder = msgspec.json.Encoder()
 
@@ -29,18 +30,38 @@ class _Clock:
 _timestamp = _Clock()
 
 
+def json_line(level: str, logger: str, message: str, fields: dict, created: float = 0.0) -> bytes:
+    """The one schema of every log line the service writes, from start to stop."""
+    line = {
+        "ts": _timestamp(created or time.time()),
+        "level": level,
+        "logger": logger,
+        "message": message,
+        "pid": os.getpid(),
+        **fields,
+    }
+    return _encoder.encode(line)
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
+        fields = dict(getattr(record, "fields", {}))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return _encoder.encode(line).decode()
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line(
+            record.levelname.lower(), record.name, record.getMessage(), fields, record.created
+        ).decode()
+
+
+class GunicornJsonLogger(glogging.Logger):
+    """gunicorn's own lines (start, workers, signals, errors) as JSON on stdout, like the rest."""
+
+    def setup(self, cfg: object) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setFormatter(JsonLineFormatter())
+                handler.setStream(sys.stdout)
 
 
 class AccessLog:
@@ -55,14 +76,7 @@ class AccessLog:
         self._write = write or (lambda data: os.write(sys.stdout.fileno(), data))
 
     def request(self, fields: dict) -> None:
-        line = {
-            "ts": _timestamp(time.time()),
-            "level": "info",
-            "logger": "serve.access",
-            "message": "request",
-            **fields,
-        }
-        self._write(_encoder.encode(line) + b"\n")
+        self._write(json_line("info", "serve.access", "request", fields) + b"\n")
 
 
 def configure_logging() -> None:

@@ -134,14 +134,14 @@ def test_refuses_to_start_on_tampered_model(tmp_path: Path) -> None:
     (models / "pytorch.onnx").write_bytes(bytes(data))
     live = LiveServer({"MODELS_DIR": str(models)})
     assert live.process.wait(timeout=30) != 0
-    assert "serve: cannot start: model pytorch: checksum mismatch" in live.output
+    assert '"message":"cannot start: model pytorch: checksum mismatch' in live.output
     assert "Traceback" not in live.output
 
 
 def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
     live = LiveServer({"LABELS_FILE": str(tmp_path / "labels.txt")})
     assert live.process.wait(timeout=30) != 0
-    assert "serve: cannot start: labels file" in live.output
+    assert '"message":"cannot start: labels file' in live.output
 
 
 def test_refuses_to_start_when_labels_do_not_fit_the_models(tmp_path: Path) -> None:
