@@ -1,5 +1,7 @@
 """The onnxruntime session wrapper, on small hand-built graphs."""
 
+import json
+
 import numpy as np
 import pytest
 from onnx_builders import IDENTITY_WEIGHTS, softmax_model
@@ -84,3 +86,21 @@ def test_onnxruntime_error_is_a_prediction_failure() -> None:
 def test_refuses_models_that_break_the_contract(model: bytes, message: str) -> None:
     with pytest.raises(StartupError, match=message):
         OnnxClassifier("m", model)
+
+
+def test_the_exported_models_follow_the_servers_contract() -> None:
+    """The build step writes, and the manifest records, exactly the contract serve/ loads."""
+    from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
+    from serve.manifest import read_manifest
+    from serve.settings import PROJECT_ROOT
+
+    manifest = json.loads((PROJECT_ROOT / "onnx_models" / "manifest.json").read_text())
+    for model_file in read_manifest(PROJECT_ROOT / "onnx_models"):
+        entry = manifest["models"][model_file.name]
+        assert (entry["input_name"], entry["output_name"], entry["n_features"]) == (
+            INPUT_NAME,
+            OUTPUT_NAME,
+            N_FEATURES,
+        )
+        model = OnnxClassifier(model_file.name, model_file.read_verified())
+        assert model.predict(np.zeros((2, N_FEATURES))).shape == (2, model.n_classes)

@@ -181,7 +181,7 @@ def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -
         time.sleep(0.3)
         started = time.monotonic()
         shed = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.5  # at once, not when the uploads time out (2 s)
         assert shed.status_code == 503
         assert shed.headers["Retry-After"] == "1"
         assert shed.json()["title"] == "Overloaded"
@@ -226,4 +226,43 @@ def test_silent_and_slow_header_connections_do_not_delay_others(server: LiveServ
         for sock in silent + slow:
             sock.close()
     assert len(latencies) > 20
-    assert max(latencies) < 0.25, f"slowest normal request {max(latencies):.3f} s"
+    # A worker held by them would answer only as they time out (HEADER_TIMEOUT, 2 s); make bench
+    # measures the latency itself.
+    assert max(latencies) < 1.0, f"slowest normal request {max(latencies):.3f} s"
+
+
+def test_probes_are_answered_while_large_batches_compute() -> None:
+    """Six clients keep one worker busy with 100,000-row batches; the probes do not queue
+    behind them (large batches run on the worker's inference thread; run inline, the probes
+    measured here waited up to three batches)."""
+    live = LiveServer({"WORKERS": "1"}).wait_ready()
+    body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+    try:
+        started = time.monotonic()
+        assert requests.post(live.url + "/pytorch", data=body, timeout=60).status_code == 200
+        one_batch = time.monotonic() - started
+        stop = threading.Event()
+
+        def batches() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    assert session.post(live.url + "/pytorch", data=body, timeout=60).ok
+
+        clients = [threading.Thread(target=batches) for _ in range(6)]
+        for client in clients:
+            client.start()
+        probes = []
+        try:
+            time.sleep(4 * one_batch)
+            for _ in range(20):
+                started = time.monotonic()
+                assert requests.get(live.url + "/v2/health/ready", timeout=10).ok
+                probes.append(time.monotonic() - started)
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join()
+        assert max(probes) < one_batch, (probes, one_batch)
+    finally:
+        assert live.stop() == 0
