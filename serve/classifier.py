@@ -42,6 +42,7 @@ class OnnxClassifier:
         self.name = name
         self.version = hashlib.sha256(model).hexdigest()[:12]
         self.input_dtype, self.output_dtype, self.n_classes = self._check_contract()
+        self._output_names = [OUTPUT_NAME]
 
     def _check_contract(self) -> tuple[np.dtype, np.dtype, int]:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -68,21 +69,24 @@ class OnnxClassifier:
         return _ONNX_DTYPES[inputs[0].type], _ONNX_DTYPES[output.type], output.shape[1]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities as float64, one row per input row.
+        """Probabilities as float64, one row per row of `batch` (finite float64 values: the
+        decoders guarantee it, so only narrowing to a float32 input can overflow).
 
         Raises InvalidCrystalData when a value does not fit the model's input type (beyond the
         float32 range), PredictionFailed when onnxruntime fails or returns a non-finite value.
         """
-        with np.errstate(over="ignore"):
-            model_input = batch.astype(self.input_dtype, copy=False)
-        if not np.isfinite(model_input).all():
-            row, column = np.argwhere(~np.isfinite(model_input))[0]
-            raise InvalidCrystalData(
-                f"crystalData[{row}][{column}] is outside the range of the {self.name} model's "
-                f"{self.input_dtype.name} input"
-            )
+        model_input = batch
+        if batch.dtype != self.input_dtype:
+            with np.errstate(over="ignore"):
+                model_input = batch.astype(self.input_dtype)
+            if not np.isfinite(model_input).all():
+                row, column = np.argwhere(~np.isfinite(model_input))[0]
+                raise InvalidCrystalData(
+                    f"crystalData[{row}][{column}] is outside the range of the {self.name} "
+                    f"model's {self.input_dtype.name} input"
+                )
         try:
-            (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: model_input})
+            (probabilities,) = self._session.run(self._output_names, {INPUT_NAME: model_input})
         except Exception as exc:
             raise PredictionFailed(f"model {self.name} failed to predict") from exc
         if probabilities.shape != (len(batch), self.n_classes):

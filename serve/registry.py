@@ -60,9 +60,7 @@ class ModelRegistry:
         started = time.perf_counter()
         probabilities = model.predict(batch)
         seconds = time.perf_counter() - started
-        best = probabilities.argmax(axis=1)
         labels = self.labels
-        predicted = [labels[i] for i in best.tolist()]
-        confidence = probabilities[np.arange(len(best)), best]
-        self._metrics.prediction(name, seconds, predicted, confidence)
+        predicted = [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+        self._metrics.prediction(name, seconds, predicted, probabilities.max(axis=1))
         return probabilities, predicted
