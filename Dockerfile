@@ -33,13 +33,13 @@ COPY export/requirements.txt export/
 COPY tests/requirements.txt tests/
 RUN pip install --no-cache-dir -r tests/requirements.txt
 
-# The source models to convert, as paths inside the build context (the Makefile's defaults).
-ARG SKLEARN_MODEL=export/sources/sklearn.joblib
-ARG PYTORCH_MODEL=export/sources/pytorch.pt
+# The models to convert and serve, as `make export` takes them: NAME=PATH or NAME=FRAMEWORK:PATH,
+# paths inside the build context (the Makefile's default list).
+ARG MODELS="sklearn=export/sources/sklearn.joblib pytorch=export/sources/pytorch.pt"
 
 COPY . .
 # VENV=/usr/local: the Makefile's tools are this image's own python and pip, installed above.
-RUN make export VENV=/usr/local SKLEARN_MODEL="${SKLEARN_MODEL}" PYTORCH_MODEL="${PYTORCH_MODEL}" \
+RUN make export VENV=/usr/local MODELS="${MODELS}" \
     && python -m pytest -p no:cacheprovider tests/test_export_*.py
 
 FROM ${PYTHON_IMAGE} AS runtime

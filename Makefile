@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
+# The models `make export` converts: NAME=PATH or NAME=FRAMEWORK:PATH each, served as /NAME.
+# SKLEARN_MODEL and PYTORCH_MODEL still set the paths of the default list.
 SKLEARN_MODEL ?= export/sources/sklearn.joblib
 PYTORCH_MODEL ?= export/sources/pytorch.pt
+MODELS ?= sklearn=$(SKLEARN_MODEL) pytorch=$(PYTORCH_MODEL)
 OUT ?= onnx_models
 
 .PHONY: install runtime serve export test lint format sources bench soak
@@ -29,7 +32,7 @@ serve: runtime
 	PORT=$(PORT) $(BIN)/python -m serve
 
 export: install
-	$(BIN)/python -m export --sklearn-model $(SKLEARN_MODEL) --pytorch-model $(PYTORCH_MODEL) --out $(OUT)
+	$(BIN)/python -m export $(foreach model,$(MODELS),--model $(model)) --out $(OUT)
 
 # Retrains the committed stand-in source models (deterministic).
 sources: install
@@ -43,7 +46,19 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# promtool and prometheus for tests/test_monitoring.py: Debian's package, only when missing. The
+# package's own service is stopped: the tests run their own Prometheus. Without apt-get or root,
+# those tests skip and say why.
+.PHONY: monitoring-tools
+monitoring-tools:
+	@if command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus || exit 1; \
+		service prometheus stop >/dev/null 2>&1 || true; \
+	else echo "monitoring-tools: promtool missing and apt-get unavailable or not root"; fi
+
+test: lint monitoring-tools
 	$(BIN)/python -m pytest
 
 # Benchmark: the service against the floor and native designs (a few minutes; see README).

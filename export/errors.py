@@ -1,5 +1,8 @@
 """Expected failures of the export; `__main__` turns each into one line and an exit code."""
 
+# A library's message can hold whole arrays; the operator needs the gist, on one line.
+MAX_REASON_CHARS = 200
+
 
 class ExportError(Exception):
     """A failure the operator can fix; its message is the whole explanation."""
@@ -15,3 +18,21 @@ class SourceModelError(ExportError):
 
 class ParityError(ExportError):
     """An ONNX file does not reproduce its source model within tolerance."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of the innermost exception behind `exc` (as a traceback would show the
+    chain): where a library actually failed, not the wrapper that dumped its arguments."""
+    while (inner := _inner(exc)) is not None:
+        exc = inner
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    if len(reason) > MAX_REASON_CHARS:
+        return reason[: MAX_REASON_CHARS - 3] + "..."
+    return reason
+
+
+def _inner(exc: BaseException) -> BaseException | None:
+    if exc.__cause__ is not None or exc.__suppress_context__:
+        return exc.__cause__
+    return exc.__context__

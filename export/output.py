@@ -16,7 +16,10 @@ from export.errors import OutputError
 
 @contextmanager
 def staged_output(out: Path, names: Collection[str]) -> Iterator[Path]:
-    """A fresh folder to write `names` into; it replaces `out` only if the block succeeds."""
+    """A fresh folder to write the export into; it replaces `out` only if the block succeeds.
+
+    `names` are the files `out` may hold: any other file there is someone else's, and stops it.
+    """
     _check_target(out, names)
     target = out.resolve()
     try:

@@ -1,38 +1,18 @@
 """The export from start to finish: load, convert, write, prove parity, publish."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import skl2onnx
-import sklearn
-import torch
+import onnx
 
 from export import manifest
-from export.convert import pytorch_to_onnx, sklearn_to_onnx
-from export.network import CrystalNet
+from export.convert import to_contract
+from export.frameworks.base import Source
 from export.output import staged_output
-from export.parity import PYTORCH_BANDS, SKLEARN_BANDS, Band, check_parity
-from export.sources import Source, load_pytorch, load_sklearn
-
-
-@dataclass(frozen=True)
-class _Conversion:
-    """One model on its way to ONNX, with what the parity gate and manifest need to know."""
-
-    name: str
-    source: Source[Any]
-    model: bytes
-    dtype: type[np.floating]
-    native: Callable[[np.ndarray], np.ndarray]
-    bands: Sequence[Band]
-    frameworks: dict[str, str]
-
-    @property
-    def file(self) -> str:
-        return f"{self.name}.onnx"
+from export.parity import check_parity
+from export.sources import ModelSpec, load_source, naming
 
 
 @dataclass(frozen=True)
@@ -44,59 +24,36 @@ class ExportedModel:
     entry: dict[str, Any]
 
 
-def export_models(sklearn_path: Path, pytorch_path: Path, out: Path) -> list[ExportedModel]:
-    """Write sklearn.onnx, pytorch.onnx and manifest.json to `out`.
+def export_models(specs: Sequence[ModelSpec], out: Path) -> list[ExportedModel]:
+    """Write one ONNX file per model and manifest.json to `out`.
 
-    Raises an ExportError subclass, with `out` untouched, when anything is wrong.
+    Every model is loaded and converted before anything is written. Raises an ExportError
+    subclass, with `out` untouched, when anything is wrong.
     """
-    sklearn_source = load_sklearn(sklearn_path)
-    pytorch_source = load_pytorch(pytorch_path)
-    conversions = [
-        _Conversion(
-            name="sklearn",
-            source=sklearn_source,
-            model=sklearn_to_onnx(sklearn_source),
-            dtype=np.float64,
-            native=sklearn_source.model.predict_proba,
-            bands=SKLEARN_BANDS,
-            frameworks={"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__},
-        ),
-        _Conversion(
-            name="pytorch",
-            source=pytorch_source,
-            model=pytorch_to_onnx(pytorch_source),
-            dtype=np.float32,
-            native=_native_probabilities(pytorch_source.model),
-            bands=PYTORCH_BANDS,
-            frameworks={"torch": torch.__version__},
-        ),
-    ]
-    names = [conversion.file for conversion in conversions] + [manifest.MANIFEST_NAME]
+    sources = [load_source(spec) for spec in specs]
+    models = [convert(source) for source in sources]
+    files = [manifest.file_name(source.name) for source in sources]
+    # A previous export is replaced whole, even when it served other models.
+    replaced = {*files, manifest.MANIFEST_NAME, *manifest.listed_files(out)}
     entries = {}
-    with staged_output(out, names) as stage:
-        for conversion in conversions:
-            (stage / conversion.file).write_bytes(conversion.model)
-            written = (stage / conversion.file).read_bytes()
-            entries[conversion.name] = manifest.model_entry(
-                file=conversion.file,
-                model=written,
-                source=conversion.source,
-                input_dtype=np.dtype(conversion.dtype).name,
-                frameworks=conversion.frameworks,
-                parity=check_parity(
-                    conversion.name, written, conversion.native, conversion.dtype, conversion.bands
-                ),
+    with staged_output(out, replaced) as stage:
+        for source, model, file in zip(sources, models, files, strict=True):
+            (stage / file).write_bytes(model)
+            written = (stage / file).read_bytes()
+            parity = check_parity(
+                f"model {source.name}",
+                written,
+                source.predict,
+                source.framework.dtype,
+                source.framework.tolerance(onnx.load_from_string(written)),
             )
+            entries[source.name] = manifest.model_entry(source, written, parity)
         (stage / manifest.MANIFEST_NAME).write_bytes(manifest.render(entries))
-    return [
-        ExportedModel(conversion.name, conversion.source.path, entries[conversion.name])
-        for conversion in conversions
-    ]
+    return [ExportedModel(source.name, source.path, entries[source.name]) for source in sources]
 
 
-def _native_probabilities(network: CrystalNet) -> Callable[[np.ndarray], np.ndarray]:
-    def predict(rows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return network(torch.from_numpy(rows)).numpy()
-
-    return predict
+def convert(source: Source) -> bytes:
+    """The ONNX file of a source model, in the service's contract."""
+    framework = source.framework
+    with naming(source.name, source.path):
+        return to_contract(framework.to_onnx(source.model), framework.name, framework.dtype)

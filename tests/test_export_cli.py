@@ -1,6 +1,10 @@
 """`python -m export` as `make export` runs it: bad inputs, the parity gate, the output folder."""
 
 import hashlib
+import json
+import os
+import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +24,24 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from export import __main__ as cli
 from export import pipeline
-from export.convert import sklearn_to_onnx
+from export.frameworks import FRAMEWORKS
+from export.frameworks.base import Source
 from export.network import CrystalNet
-from export.sources import Source
+from serve.manifest import MODEL_NAME, RESERVED_NAMES
 
+# A previous export: its manifest lists its files, so a new export may replace them all.
 PREVIOUS_EXPORT = {
     "sklearn.onnx": b"previous sklearn",
     "pytorch.onnx": b"previous pytorch",
-    "manifest.json": b"{}\n",
+    "manifest.json": json.dumps(
+        {
+            "format_version": 1,
+            "models": {
+                name: {"file": f"{name}.onnx", "sha256": "0" * 64}
+                for name in ("sklearn", "pytorch")
+            },
+        }
+    ).encode(),
 }
 
 
@@ -84,95 +98,97 @@ DOES_NOT_FIT = "the state_dict does not fit the crystal network"
 # {bad} is the folder of broken sources, {case} the case's own folder.
 CASES = {
     "sklearn-missing": Case(
-        _sklearn("{bad}/absent.joblib"), 2, "sklearn model {bad}/absent.joblib: no such file"
+        _sklearn("{bad}/absent.joblib"), 2, "model sklearn: {bad}/absent.joblib: no such file"
     ),
     "sklearn-empty": Case(
-        _sklearn("{bad}/empty.joblib"), 2, "sklearn model {bad}/empty.joblib: the file is empty"
+        _sklearn("{bad}/empty.joblib"), 2, "model sklearn: {bad}/empty.joblib: the file is empty"
     ),
     "sklearn-not-pickle": Case(
-        _sklearn("{bad}/text.txt"), 2, "sklearn model {bad}/text.txt: not a joblib pickle"
+        _sklearn("{bad}/text.txt"), 2, "model sklearn: {bad}/text.txt: not a joblib pickle"
     ),
     "sklearn-given-torch-file": Case(
-        _sklearn(str(STAND_IN_PYTORCH)), 2, f"sklearn model {STAND_IN_PYTORCH}: not a joblib pickle"
+        _sklearn(str(STAND_IN_PYTORCH)),
+        2,
+        f"model sklearn: {STAND_IN_PYTORCH}: not a joblib pickle",
     ),
     "sklearn-truncated": Case(
         _sklearn("{bad}/truncated.joblib"),
         2,
-        "sklearn model {bad}/truncated.joblib: truncated (the pickle ends early)",
+        "model sklearn: {bad}/truncated.joblib: truncated (the pickle ends early)",
         out_exists=False,
     ),
     "sklearn-dict": Case(
         _sklearn("{bad}/dict.joblib"),
         2,
-        f"sklearn model {{bad}}/dict.joblib: holds a dict, {NOT_A_CLASSIFIER}",
+        f"model sklearn: {{bad}}/dict.joblib: holds a dict, {NOT_A_CLASSIFIER}",
     ),
     "sklearn-regressor": Case(
         _sklearn("{bad}/linear.joblib"),
         2,
-        f"sklearn model {{bad}}/linear.joblib: holds a LinearRegression, {NOT_A_CLASSIFIER}",
+        f"model sklearn: {{bad}}/linear.joblib: holds a LinearRegression, {NOT_A_CLASSIFIER}",
         out_exists=False,
     ),
     "sklearn-five-features": Case(
         _sklearn("{bad}/five_features.joblib"),
         2,
-        "sklearn model {bad}/five_features.joblib: "
+        "model sklearn: {bad}/five_features.joblib: "
         "the LogisticRegression takes 5 features, expected 4",
     ),
     "sklearn-two-classes": Case(
         _sklearn("{bad}/two_classes.joblib"),
         2,
-        "sklearn model {bad}/two_classes.joblib: "
+        "model sklearn: {bad}/two_classes.joblib: "
         "the LogisticRegression has classes [0, 1], expected [0, 1, 2]",
     ),
     "pytorch-missing": Case(
         _pytorch("{bad}/absent.pt"),
         2,
-        "pytorch model {bad}/absent.pt: no such file",
+        "model pytorch: {bad}/absent.pt: no such file",
         out_exists=False,
     ),
     "pytorch-truncated": Case(
         _pytorch("{bad}/truncated.pt"),
         2,
-        "pytorch model {bad}/truncated.pt: truncated (the archive ends early)",
+        "model pytorch: {bad}/truncated.pt: truncated (the archive ends early)",
     ),
     "pytorch-not-torch-file": Case(
         _pytorch("{bad}/text.txt"),
         2,
-        "pytorch model {bad}/text.txt: not a file saved with torch.save",
+        "model pytorch: {bad}/text.txt: not a file saved with torch.save",
     ),
     "pytorch-missing-parameter": Case(
         _pytorch("{bad}/missing.pt"),
         2,
-        f"pytorch model {{bad}}/missing.pt: {DOES_NOT_FIT}: missing layer3.bias",
+        f"model pytorch: {{bad}}/missing.pt: {DOES_NOT_FIT}: missing layer3.bias",
     ),
     "pytorch-extra-parameter": Case(
         _pytorch("{bad}/extra.pt"),
         2,
-        f"pytorch model {{bad}}/extra.pt: {DOES_NOT_FIT}: unexpected layer4.weight",
+        f"model pytorch: {{bad}}/extra.pt: {DOES_NOT_FIT}: unexpected layer4.weight",
         out_exists=False,
     ),
     "pytorch-misshaped-parameter": Case(
         _pytorch("{bad}/misshaped.pt"),
         2,
-        f"pytorch model {{bad}}/misshaped.pt: {DOES_NOT_FIT}: "
+        f"model pytorch: {{bad}}/misshaped.pt: {DOES_NOT_FIT}: "
         "layer1.weight has shape [50, 5], expected [50, 4]",
     ),
     "pytorch-not-state-dict": Case(
         _pytorch("{bad}/list.pt"),
         2,
-        "pytorch model {bad}/list.pt: holds a list, "
+        "model pytorch: {bad}/list.pt: holds a list, "
         "not a state_dict (a mapping of parameter names to tensors)",
     ),
     "pytorch-whole-module": Case(
         _pytorch("{bad}/module.pt"),
         2,
-        "pytorch model {bad}/module.pt: holds Python objects, not only tensors (torch.load with "
+        "model pytorch: {bad}/module.pt: holds Python objects, not only tensors (torch.load with "
         "weights_only=True refuses them); save the network's state_dict() instead",
     ),
     "pytorch-nan-weights": Case(
         _pytorch("{bad}/nan.pt"),
         3,
-        "pytorch: the native model gives a non-finite probability on probe row 0",
+        "model pytorch: the native model gives a non-finite probability on probe row 0",
     ),
     "out-is-a-file": Case(
         (), 2, "--out {case}/file: exists and is not a folder", out="file", out_exists=False
@@ -243,8 +259,15 @@ def test_parity_failure_after_writing_leaves_out_as_it_was(
     rng = np.random.default_rng(1)
     features = rng.uniform(size=(300, 4))
     other = LogisticRegression().fit(features, rng.integers(0, 3, 300))
-    other_onnx = sklearn_to_onnx(Source(Path("other.joblib"), "", other))
-    monkeypatch.setattr(pipeline, "sklearn_to_onnx", lambda source: other_onnx)
+    other_onnx = pipeline.convert(
+        Source("other", FRAMEWORKS["sklearn"], Path("other.joblib"), "", other)
+    )
+    convert = pipeline.convert
+    monkeypatch.setattr(
+        pipeline,
+        "convert",
+        lambda source: other_onnx if source.name == "sklearn" else convert(source),
+    )
     out = tmp_path / "out"
     out.mkdir()
     for file, data in PREVIOUS_EXPORT.items():
@@ -263,48 +286,149 @@ def test_parity_failure_after_writing_leaves_out_as_it_was(
     assert exit_code == 3
     assert captured.out == ""
     (line,) = captured.err.splitlines()
-    assert line.startswith("export: parity failure: sklearn: onnxruntime differs from the native")
+    assert line.startswith(
+        "export: parity failure: model sklearn: onnxruntime differs from the native"
+    )
     assert "(tolerance 1e-12)" in line
     assert snapshot(tmp_path) == before
 
 
+# Command lines refused before any model is loaded, each with its one line on stderr.
+NAME_RULE = (
+    f"it becomes a URL path: it must match {MODEL_NAME.pattern} and not be "
+    f"{', '.join(sorted(RESERVED_NAMES))}"
+)
+RESERVED = sorted(RESERVED_NAMES)[0]
+BAD_COMMAND_LINES = {
+    "name-not-a-url-path": (
+        ["--model", "Blue=x.joblib"],
+        f"--model Blue=x.joblib: 'Blue' cannot name a model ({NAME_RULE})",
+    ),
+    "reserved-name": (
+        ["--model", f"{RESERVED}=x.joblib"],
+        f"--model {RESERVED}=x.joblib: {RESERVED!r} cannot name a model ({NAME_RULE})",
+    ),
+    "no-path": (["--model", "blue"], "--model blue: expected NAME=PATH or NAME=FRAMEWORK:PATH"),
+    "unknown-framework": (
+        ["--model", "blue=keras:blue.h5"],
+        "--model blue=keras:blue.h5: unknown framework 'keras' (known: pytorch, sklearn)",
+    ),
+    "name-twice": (
+        ["--model", "blue=a.joblib", "--sklearn-model", "b.joblib", "--model", "blue=c.pt"],
+        "--model: each model needs its own name; given twice: blue",
+    ),
+    "shorthand-and-model-share-a-name": (
+        ["--model", "sklearn=a.joblib", "--sklearn-model", "b.joblib"],
+        "--model: each model needs its own name; given twice: sklearn",
+    ),
+    "unknown-option": (["--keras-model", "x.h5"], "unrecognized arguments: --keras-model x.h5"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_COMMAND_LINES)
+def test_bad_command_line_fails_in_one_line(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, message = BAD_COMMAND_LINES[name]
+    try:
+        exit_code = cli.main([*args, "--out", str(tmp_path / "out")])
+    except SystemExit as exc:  # argparse exits by itself
+        exit_code = exc.code
+    captured = capsys.readouterr()
+    assert exit_code == 2
+    assert captured.err.splitlines() == [f"export: error: {message}"]
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_no_framework_recognises_must_be_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "model.bin").write_bytes(b"\x00\x01 not a model")
+    exit_code = cli.main(
+        ["--model", f"blue={tmp_path / 'model.bin'}", "--out", str(tmp_path / "out")]
+    )
+    captured = capsys.readouterr()
+    assert exit_code == 2
+    assert captured.err.splitlines() == [
+        f"export: error: model blue: {tmp_path / 'model.bin'}: cannot tell which framework saved "
+        "it; name it as NAME=FRAMEWORK:PATH (frameworks: pytorch, sklearn)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_export_of_other_models_replaces_a_previous_export_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The files a previous export's manifest lists are its own, not someone else's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for file, data in PREVIOUS_EXPORT.items():
+        (out / file).write_bytes(data)
+
+    exit_code = cli.main(["--model", f"crystal={STAND_IN_SKLEARN}", "--out", str(out)])
+
+    assert exit_code == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["crystal.onnx", "manifest.json"]
+    assert list(json.loads((out / "manifest.json").read_text())["models"]) == ["crystal"]
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
 @pytest.fixture(scope="module")
-def two_exports(
+def three_exports(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, Path, dict[str, subprocess.CompletedProcess[str]]]:
-    """The stand-ins exported twice by the CLI: into a new folder and over a previous export.
+) -> tuple[list[Path], dict[str, subprocess.CompletedProcess[str]]]:
+    """The stand-ins exported by the CLI three ways: by default into a new folder, with the
+    shorthands over a previous export, and with --model (framework named, and recognised).
 
     The runs use different string hash seeds: skl2onnx orders opsets through a Python set, and
     with this skl2onnx seed 116 reverses the order seed 0 gives.
     """
-    root = tmp_path_factory.mktemp("twice")
-    (root / "a").mkdir()
-    (root / "b" / "out").mkdir(parents=True)
+    root = tmp_path_factory.mktemp("thrice")
+    outs = [root / run / "out" for run in ("a", "b", "c")]
+    outs[0].parent.mkdir()
+    outs[1].mkdir(parents=True)
+    outs[2].parent.mkdir()
     for file, data in PREVIOUS_EXPORT.items():
-        (root / "b" / "out" / file).write_bytes(data)
+        (outs[1] / file).write_bytes(data)
     results = run_concurrently(
         {
-            "a": ("export", "--out", str(root / "a" / "out")),
-            "b": ("export", "--out", str(root / "b" / "out")),
+            "a": ("export", "--out", str(outs[0])),
+            "b": (
+                "export",
+                *("--sklearn-model", str(STAND_IN_SKLEARN)),
+                *("--pytorch-model", str(STAND_IN_PYTORCH)),
+                *("--out", str(outs[1])),
+            ),
+            "c": (
+                "export",
+                *("--model", f"sklearn=sklearn:{STAND_IN_SKLEARN}"),
+                *("--model", f"pytorch={STAND_IN_PYTORCH}"),
+                *("--out", str(outs[2])),
+            ),
         },
         env={"a": {"PYTHONHASHSEED": "0"}, "b": {"PYTHONHASHSEED": "116"}},
     )
-    return root / "a" / "out", root / "b" / "out", results
+    return outs, results
 
 
-def test_export_succeeds_and_says_what_it_did(two_exports: tuple) -> None:
-    first, _, results = two_exports
+def test_export_succeeds_and_says_what_it_did(three_exports: tuple) -> None:
+    (first, _, _), results = three_exports
     result = results["a"]
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert len(lines) == 3
-    for line, name, source in zip(
-        lines[:2], ("sklearn", "pytorch"), (STAND_IN_SKLEARN, STAND_IN_PYTORCH), strict=True
+    for line, name, source, family in zip(
+        lines[:2],
+        ("sklearn", "pytorch"),
+        (STAND_IN_SKLEARN, STAND_IN_PYTORCH),
+        ("LogisticRegression", "CrystalNet"),
+        strict=True,
     ):
         digest = hashlib.sha256((first / f"{name}.onnx").read_bytes()).hexdigest()
         assert line.startswith(
-            f"{name}: {source.relative_to(REPO_ROOT)} -> {first / name}.onnx "
+            f"{name}: {source.relative_to(REPO_ROOT)} ({name} {family}) -> {first / name}.onnx "
             f"sha256 {digest}, opsets ai.onnx "
         )
         assert "parity on 10043 rows: max |diff| " in line
@@ -312,14 +436,52 @@ def test_export_succeeds_and_says_what_it_did(two_exports: tuple) -> None:
     assert lines[2] == f"wrote {first / 'manifest.json'}"
 
 
-def test_two_exports_are_byte_identical(two_exports: tuple) -> None:
-    first, second, results = two_exports
-    assert [results[key].returncode for key in ("a", "b")] == [0, 0]
-    assert snapshot(first) == snapshot(second)
-    assert sorted(snapshot(first)) == ["manifest.json", "pytorch.onnx", "sklearn.onnx"]
+def test_every_way_of_naming_the_models_exports_the_same_bytes(three_exports: tuple) -> None:
+    outs, results = three_exports
+    assert [results[key].returncode for key in ("a", "b", "c")] == [0, 0, 0]
+    assert snapshot(outs[0]) == snapshot(outs[1]) == snapshot(outs[2])
+    assert sorted(snapshot(outs[0])) == ["manifest.json", "pytorch.onnx", "sklearn.onnx"]
 
 
-def test_export_replaces_a_previous_export_whole(two_exports: tuple) -> None:
-    _, second, _ = two_exports
+def test_export_replaces_a_previous_export_whole(three_exports: tuple) -> None:
+    (_, second, _), _ = three_exports
     assert all((second / file).read_bytes() != data for file, data in PREVIOUS_EXPORT.items())
     assert [path.name for path in second.parent.iterdir()] == ["out"]
+
+
+# Variables make would take from the environment (an image build passes MODELS as one) or from
+# a make that runs the tests.
+MAKE_ENVIRONMENT = {"MODELS", "OUT", "SKLEARN_MODEL", "PYTORCH_MODEL", "MAKEFLAGS", "MFLAGS"}
+
+
+def _make_export(*variables: str) -> list[str]:
+    """The arguments `make export` passes to `python -m export` (make -n prints, runs nothing)."""
+    result = subprocess.run(
+        ["make", "-n", "export", *variables],
+        cwd=REPO_ROOT,
+        env={key: value for key, value in os.environ.items() if key not in MAKE_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (command,) = [line for line in result.stdout.splitlines() if " -m export " in line]
+    return shlex.split(command.partition(" -m export ")[2])
+
+
+def test_make_export_takes_the_list_of_models_and_the_output_folder() -> None:
+    models = (
+        "sklearn=../shared/handout/sklearn.model pytorch=pytorch:../shared/handout/pytorch.model"
+    )
+    assert _make_export(f"MODELS={models}", "OUT=/tmp/handout-models") == [
+        *("--model", "sklearn=../shared/handout/sklearn.model"),
+        *("--model", "pytorch=pytorch:../shared/handout/pytorch.model"),
+        *("--out", "/tmp/handout-models"),
+    ]
+
+
+def test_make_export_and_the_image_default_to_the_stand_ins() -> None:
+    defaults = [arg for text in cli.DEFAULT_MODELS for arg in ("--model", text)]
+    assert _make_export() == [*defaults, "--out", "onnx_models"]
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    (image_models,) = re.findall(r'^ARG MODELS="([^"]*)"$', dockerfile, re.MULTILINE)
+    assert image_models.split() == list(cli.DEFAULT_MODELS)

@@ -7,14 +7,9 @@ import pytest
 from onnx_builders import softmax_model
 
 from export.errors import ParityError
-from export.parity import (
-    PUBLISHED_EXAMPLE,
-    PYTORCH_BANDS,
-    SKLEARN_BANDS,
-    check_parity,
-    onnx_probabilities,
-    probe_rows,
-)
+from export.frameworks.pytorch import FLOAT32
+from export.frameworks.sklearn import FLOAT64, TREES
+from export.parity import PUBLISHED_EXAMPLE, check_parity, onnx_probabilities, probe_rows
 
 ROWS = probe_rows()
 WITHIN_10 = int(np.flatnonzero(np.abs(ROWS).max(axis=1) <= 10)[100])
@@ -58,20 +53,22 @@ PYTORCH_MODEL = constant_model([0.2, 0.3, 0.5], np.float32)
 
 def test_identical_outputs_pass_with_zero_difference() -> None:
     figures = check_parity(
-        "m", SKLEARN_MODEL, reference(SKLEARN_MODEL, 0, [0, 0, 0]), np.float64, SKLEARN_BANDS
+        "m", SKLEARN_MODEL, reference(SKLEARN_MODEL, 0, [0, 0, 0]), np.float64, FLOAT64
     )
     assert figures == {
         "rows": len(ROWS),
-        "max_abs_diff": 0.0,
-        "tolerance": 1e-12,
+        "max_abs_diff_within_10": 0.0,
+        "tolerance_within_10": 1e-12,
+        "max_abs_diff_beyond_10": 0.0,
+        "tolerance_beyond_10": 1e-10,
         "class_mismatches": 0,
     }
 
 
 def test_float64_difference_within_tolerance_is_measured() -> None:
     native = reference(SKLEARN_MODEL, 5, [0.0, 9e-13, -9e-13])
-    figures = check_parity("m", SKLEARN_MODEL, native, np.float64, SKLEARN_BANDS)
-    assert figures["max_abs_diff"] == pytest.approx(9e-13, rel=1e-3)
+    figures = check_parity("m", SKLEARN_MODEL, native, np.float64, FLOAT64)
+    assert figures["max_abs_diff_within_10"] == pytest.approx(9e-13, rel=1e-3)
 
 
 def test_float64_difference_beyond_tolerance_fails() -> None:
@@ -79,13 +76,13 @@ def test_float64_difference_beyond_tolerance_fails() -> None:
     with pytest.raises(
         ParityError, match=r"^m: onnxruntime differs .* by 2e-12 \(tolerance 1e-12\)"
     ):
-        check_parity("m", SKLEARN_MODEL, native, np.float64, SKLEARN_BANDS)
+        check_parity("m", SKLEARN_MODEL, native, np.float64, FLOAT64)
 
 
 def test_float32_tolerance_depends_on_the_size_of_the_inputs() -> None:
     change = [0.0, 5e-6, -5e-6]
     beyond = check_parity(
-        "m", PYTORCH_MODEL, reference(PYTORCH_MODEL, BEYOND_10, change), np.float32, PYTORCH_BANDS
+        "m", PYTORCH_MODEL, reference(PYTORCH_MODEL, BEYOND_10, change), np.float32, FLOAT32
     )
     assert beyond["max_abs_diff_within_10"] == 0.0
     assert beyond["max_abs_diff_beyond_10"] == pytest.approx(5e-6, rel=1e-3)
@@ -95,7 +92,7 @@ def test_float32_tolerance_depends_on_the_size_of_the_inputs() -> None:
             PYTORCH_MODEL,
             reference(PYTORCH_MODEL, WITHIN_10, change),
             np.float32,
-            PYTORCH_BANDS,
+            FLOAT32,
         )
 
 
@@ -105,7 +102,7 @@ TIED = constant_model([0.5, 0.5, 0.0], np.float64)
 def test_a_tie_may_be_broken_either_way() -> None:
     # Native top two 8e-13 apart (within tolerance): picking class 0 instead of 1 is no error.
     native = reference(TIED, 7, [-4e-13, 4e-13, 0.0])
-    figures = check_parity("m", TIED, native, np.float64, SKLEARN_BANDS)
+    figures = check_parity("m", TIED, native, np.float64, FLOAT64)
     assert figures["class_mismatches"] == 0
 
 
@@ -114,10 +111,61 @@ def test_another_class_fails_even_when_values_are_within_tolerance() -> None:
     native = reference(TIED, 7, [-8e-13, 8e-13, 0.0])
     expected = r"^m: onnxruntime predicts another class .* on 1 of \d+ probe rows"
     with pytest.raises(ParityError, match=expected):
-        check_parity("m", TIED, native, np.float64, SKLEARN_BANDS)
+        check_parity("m", TIED, native, np.float64, FLOAT64)
 
 
 def test_non_finite_probabilities_fail() -> None:
     native = reference(SKLEARN_MODEL, 9, [np.nan, 0.0, 0.0])
     with pytest.raises(ParityError, match=r"^m: the native model gives a non-finite .* row 9$"):
-        check_parity("m", SKLEARN_MODEL, native, np.float64, SKLEARN_BANDS)
+        check_parity("m", SKLEARN_MODEL, native, np.float64, FLOAT64)
+
+
+def on_a_threshold(
+    model: bytes, row: int, change: list[float]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """What onnxruntime computes, with `change` added where the first feature lies in the float64
+    interval (threshold, x] of probe row `row`'s x: that row sits right on the threshold."""
+    x = ROWS[row, 0]
+    threshold = np.nextafter(x, -np.inf)
+
+    def native(rows: np.ndarray) -> np.ndarray:
+        probabilities = onnx_probabilities(model, rows).astype(np.float64)
+        probabilities[(rows[:, 0] > threshold) & (rows[:, 0] <= x)] += change
+        return probabilities
+
+    return native
+
+
+# Moves class 0 ahead: a flipped row may also predict another class.
+FLIP = [0.6, -0.3, -0.3]
+
+
+def test_a_row_on_a_float32_threshold_is_a_flip_where_trees_compare_in_float32() -> None:
+    figures = check_parity(
+        "m", SKLEARN_MODEL, on_a_threshold(SKLEARN_MODEL, 5, FLIP), np.float64, TREES
+    )
+    assert figures["threshold_flips"] == 1
+    assert figures["max_abs_diff"] == 0.0
+    assert figures["class_mismatches"] == 0
+
+
+def test_a_row_on_a_threshold_fails_where_the_graph_computes_in_float64() -> None:
+    native = on_a_threshold(SKLEARN_MODEL, 5, FLIP)
+    with pytest.raises(
+        ParityError, match=r"^m: onnxruntime differs .* by 0\.6 \(tolerance 1e-12\)"
+    ):
+        check_parity("m", SKLEARN_MODEL, native, np.float64, FLOAT64)
+
+
+def test_a_difference_beyond_a_float32_step_is_no_flip() -> None:
+    """A model that differs over a whole region differs one float32 step away as well."""
+
+    def native(rows: np.ndarray) -> np.ndarray:
+        probabilities = onnx_probabilities(SKLEARN_MODEL, rows).astype(np.float64)
+        probabilities[rows[:, 0] > 0.5] += FLIP
+        return probabilities
+
+    with pytest.raises(
+        ParityError, match=r"^m: onnxruntime differs .* by 0\.6 \(tolerance 1e-05\)"
+    ):
+        check_parity("m", SKLEARN_MODEL, native, np.float64, TREES)

@@ -1,0 +1,13 @@
+"""The frameworks the export reads, one module each, in one table.
+
+A module supplies a Framework (see base.py): how to recognise, load, convert and check its models.
+A model of a known framework needs no code, only --model NAME=PATH; a new framework is a new
+module and one entry in FRAMEWORKS.
+"""
+
+from export.frameworks import pytorch, sklearn
+from export.frameworks.base import Framework
+
+FRAMEWORKS: dict[str, Framework] = {
+    framework.name: framework for framework in (sklearn.FRAMEWORK, pytorch.FRAMEWORK)
+}
