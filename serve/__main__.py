@@ -1,20 +1,70 @@
-"""`python -m serve`: check the deployment, then run gunicorn with serve/gunicorn.conf.py."""
+"""`python -m serve`: prepare the release (models verified and proven to load), then run gunicorn
+with serve/gunicorn.conf.py. A SIGHUP prepares a new release from MODELS_DIR first, and reloads
+the workers only when it passed; otherwise the server keeps serving the models it has."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 from gunicorn.app.wsgiapp import WSGIApplication
+from gunicorn.arbiter import Arbiter
+
+from serve import release
+from serve.errors import StartupError
+from serve.logs import json_line
+from serve.settings import Settings
 
 CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
 
+def model_lines(published: release.Release) -> list[bytes]:
+    """One line per model: what is served, from which source, with which parity."""
+    return [
+        json_line(
+            "info",
+            "serve",
+            "model",
+            {
+                "model": model.name,
+                "version": published.version(model.name),
+                "source_sha256": model.source_sha256,
+                **dict(model.details),
+            },
+        )
+        for model in published.models
+    ]
+
+
+class CrystalArbiter(Arbiter):
+    def handle_hup(self) -> None:
+        try:
+            prepared = release.prepare(Settings.from_env(), listen=False)
+        except StartupError as exc:
+            self.log.error("reload refused, the current models stay served: %s", exc)
+            return
+        release.publish(prepared)
+        for line in model_lines(prepared):
+            sys.stdout.buffer.write(line + b"\n")
+        sys.stdout.flush()
+        super().handle_hup()
+
+
+class CrystalApplication(WSGIApplication):
+    def run(self) -> None:
+        CrystalArbiter(self).run()
+
+
 def main() -> int:
-    check = subprocess.run([sys.executable, "-m", "serve.check"], check=False)
-    if check.returncode != 0:
-        return check.returncode
+    try:
+        release.publish(release.prepare(Settings.from_env(), listen=True))
+    except StartupError as exc:
+        line = json_line("error", "serve", f"cannot start: {exc}", {"exit_code": 2})
+        sys.stderr.buffer.write(line + b"\n")
+        return 2
+    for line in model_lines(release.current()):
+        sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.flush()
     sys.argv = [sys.argv[0], "--config", str(CONFIG)]
-    WSGIApplication("%(prog)s").run()
+    CrystalApplication("%(prog)s").run()
     return 0
 
 

@@ -11,12 +11,10 @@ from pathlib import Path
 import falcon
 import falcon.asgi
 
-from serve import droid, v2
+from serve import droid, release, v2
 from serve.classifier import Classifier, OnnxClassifier
 from serve.errors import ServiceError
-from serve.labels import load_labels
 from serve.logs import AccessLog
-from serve.manifest import read_manifest
 from serve.metrics import CONTENT_TYPE, FOLDER_ENV, Metrics, MetricsFolder
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
@@ -184,21 +182,23 @@ def create_app(
 
 
 def get_app(settings: Settings | None = None) -> falcon.asgi.App:
+    """The app a worker serves: the master's release when there is one (see serve/release.py),
+    else MODELS_DIR and LABELS_FILE as they are now."""
     settings = settings or Settings.from_env()
-    model_files = read_manifest(settings.models_dir)
-    models = {
-        model_file.name: OnnxClassifier(
-            model_file.name,
-            model_file.read_verified(),
+    models = release.current() or release.read(settings)
+    classifiers = {
+        model.name: OnnxClassifier(
+            model.name,
+            models.data[model.name],
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-        for model_file in model_files
+        for model in models.models
     }
     shared = os.environ.get(FOLDER_ENV)
     folder = MetricsFolder(Path(shared)) if shared else None
     metrics = Metrics(
         folder,
-        [(f.name, models[f.name].version, f.source_sha256) for f in model_files],
+        [(m.name, classifiers[m.name].version, m.source_sha256) for m in models.models],
     )
-    return create_app(models, load_labels(settings.labels_file), metrics=metrics, settings=settings)
+    return create_app(classifiers, models.labels, metrics=metrics, settings=settings)

@@ -48,11 +48,13 @@ def check_metrics_dir(parent: Path | None) -> None:
         raise StartupError(f"METRICS_DIR {parent} cannot hold a folder: {exc.strerror}") from None
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """`--models-only`: the models and labels alone (a reload, while the server holds the port)."""
     try:
         settings = Settings.from_env()
-        check_listen(settings.host, settings.port)
-        check_metrics_dir(settings.metrics_dir)
+        if "--models-only" not in argv:
+            check_listen(settings.host, settings.port)
+            check_metrics_dir(settings.metrics_dir)
         get_app(settings)
     except StartupError as exc:
         line = json_line("error", "serve", f"cannot start: {exc}", {"exit_code": 2})
@@ -62,4 +64,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,7 @@ import numpy as np
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
 from serve.registry import ModelRegistry
-from serve.request import CrystalRequest
+from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
 
@@ -149,8 +149,10 @@ class DroidProtocol:
             work = partial(self._astromech_work, body)
         else:
             work = partial(self._model_work, model, body)
-        req.context.model, req.context.rows, resp.data = await self._runner.run(len(body), work)
+        model, req.context.rows, resp.data = await self._runner.run(len(body), work)
+        req.context.model = model
         resp.content_type = falcon.MEDIA_JSON
+        resp.set_header(MODEL_VERSION_HEADER, f"{model}/{self._registry.model(model).version}")
 
 
 class ModelResource:

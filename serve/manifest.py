@@ -20,6 +20,8 @@ class ModelFile:
     path: Path
     sha256: str
     source_sha256: str = ""
+    # What the export recorded, for the start-up line: framework, family, opsets, parity.
+    details: tuple[tuple[str, object], ...] = ()
 
     def read_verified(self) -> bytes:
         """The file's bytes, refused unless they hash to the manifest's checksum.
@@ -57,6 +59,11 @@ def read_manifest(models_dir: Path) -> list[ModelFile]:
                 path=models_dir / entry["file"],
                 sha256=entry["sha256"],
                 source_sha256=str(entry.get("source_sha256", "")),
+                details=tuple(
+                    (key, entry[key])
+                    for key in ("framework", "family", "opsets", "parity")
+                    if key in entry
+                ),
             )
             for name, entry in sorted(models.items())
         ]

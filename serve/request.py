@@ -5,6 +5,9 @@ from typing import Any
 
 import falcon.asgi
 
+# Every prediction answer names the model and version that made it: `sklearn/a4499cc8c13e`.
+MODEL_VERSION_HEADER = "X-Model-Version"
+
 
 class RequestContext:
     """Written by the middleware and the protocols, read by telemetry."""

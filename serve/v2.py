@@ -18,7 +18,7 @@ from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
 from serve.registry import ModelRegistry
-from serve.request import CrystalRequest
+from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
 
@@ -264,6 +264,7 @@ class InferResource:
             len(body), partial(self._work, name, body, length)
         )
         resp.content_type = falcon.MEDIA_JSON
+        resp.set_header(MODEL_VERSION_HEADER, f"{name}/{self._registry.model(name).version}")
 
 
 def add_routes(

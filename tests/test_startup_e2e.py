@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from live_server import LiveServer
+from live_server import REPO_ROOT, LiveServer
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +66,15 @@ def test_every_line_of_a_full_run_is_json() -> None:
     assert live.stop() == 0
     lines = [json.loads(line) for line in live.output.splitlines()]
     loggers = {line["logger"] for line in lines}
-    assert loggers == {"gunicorn.error", "serve.access"}
+    assert loggers == {"serve", "gunicorn.error", "serve.access"}
     assert {"ts", "level", "logger", "message", "pid"} <= set.intersection(*map(set, lines))
     messages = [line["message"] for line in lines]
-    assert messages[0] == "Starting gunicorn 27.0.1"
+    assert messages[:3] == ["model", "model", "Starting gunicorn 27.0.1"]
     assert messages[-1] == "Shutting down: Master"
+    manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())["models"]
+    for line in lines[:2]:
+        entry = manifest[line["model"]]
+        assert line["version"] == entry["sha256"][:12]
+        assert line["source_sha256"] == entry["source_sha256"]
+        assert (line["opsets"], line["parity"]) == (entry["opsets"], entry["parity"])
     assert messages.count("request") == 2  # the probe is left out of the access log

@@ -1,0 +1,117 @@
+"""Model versions end to end: every prediction names its model and version, and SIGHUP reloads
+only models that pass the start-up check, for every worker at once."""
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from live_server import REPO_ROOT, LiveServer
+from onnx_builders import IDENTITY_WEIGHTS, softmax_model, write_models_dir
+from test_operate_e2e import worker_pids
+from test_serve_e2e import copy_models
+
+pytestmark = pytest.mark.e2e
+ROWS = {"crystalData": [[0.92, 0.12, 0.31, 0.09]]}
+V2_BODY = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+
+
+def committed_versions() -> dict[str, str]:
+    manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())
+    return {name: entry["sha256"][:12] for name, entry in manifest["models"].items()}
+
+
+def served_versions(live: LiveServer, times: int = 20) -> set[str]:
+    """The X-Model-Version of `times` predictions from both models, over fresh connections."""
+    seen = set()
+    for _ in range(times):
+        for path in ("/sklearn", "/pytorch"):
+            response = requests.post(live.url + path, json=ROWS, timeout=10)
+            assert response.status_code == 200
+            seen.add(response.headers["X-Model-Version"])
+    return seen
+
+
+def wait_for(live: LiveServer, text: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in live.output:
+        assert time.monotonic() < deadline, f"{text!r} never logged:\n{live.output[-2000:]}"
+        time.sleep(0.1)
+
+
+def replace_worker(live: LiveServer) -> None:
+    """SIGKILL one worker and wait for gunicorn to fork its replacement."""
+    before = worker_pids(live)
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while (pids := worker_pids(live)) == before or len(pids) != len(before):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    live.wait_ready()
+
+
+def test_every_prediction_names_its_model_and_version() -> None:
+    versions = committed_versions()
+    live = LiveServer().wait_ready()
+    try:
+        for path, body, model in (
+            ("/sklearn", ROWS, "sklearn"),
+            ("/astromech", {**ROWS, "model": "pytorch"}, "pytorch"),
+            ("/v2/models/sklearn/infer", V2_BODY, "sklearn"),
+        ):
+            response = requests.post(live.url + path, json=body, timeout=10)
+            assert response.headers["X-Model-Version"] == f"{model}/{versions[model]}"
+        error = requests.post(live.url + "/sklearn", json={"crystalData": []}, timeout=10)
+        assert "X-Model-Version" not in error.headers  # no model answered
+    finally:
+        assert live.stop() == 0
+
+
+def test_reload_with_broken_files_keeps_serving_the_old_models(tmp_path: Path) -> None:
+    """Files broken after start: SIGHUP is refused in one line, and even a worker started after
+    the files broke serves the versions its siblings serve."""
+    models = copy_models(tmp_path)
+    versions = committed_versions()
+    expected = {f"sklearn/{versions['sklearn']}", f"pytorch/{versions['pytorch']}"}
+    live = LiveServer({"MODELS_DIR": str(models)}).wait_ready()
+    try:
+        assert served_versions(live) == expected
+        data = bytearray((models / "pytorch.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (models / "pytorch.onnx").write_bytes(bytes(data))
+        live.process.send_signal(signal.SIGHUP)
+        wait_for(live, "reload refused, the current models stay served")
+        line = next(x for x in live.output.splitlines() if "reload refused" in x)
+        assert "model pytorch: checksum mismatch" in json.loads(line)["message"]
+        assert served_versions(live) == expected
+        replace_worker(live)
+        assert served_versions(live) == expected
+    finally:
+        assert live.stop() == 0
+
+
+def test_reload_with_new_models_switches_every_worker(tmp_path: Path) -> None:
+    models = copy_models(tmp_path)
+    live = LiveServer({"MODELS_DIR": str(models)}).wait_ready()
+    try:
+        new = {
+            "sklearn": softmax_model(IDENTITY_WEIGHTS),
+            "pytorch": softmax_model(-IDENTITY_WEIGHTS, dtype=np.float32),
+        }
+        write_models_dir(models, new)
+        expected = {f"{n}/{hashlib.sha256(d).hexdigest()[:12]}" for n, d in new.items()}
+        live.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while served_versions(live, times=2) != expected:
+            assert time.monotonic() < deadline, "the new models were never served alone"
+            time.sleep(0.2)
+        assert served_versions(live) == expected
+        model_lines = [json.loads(x) for x in live.output.splitlines() if '"message":"model"' in x]
+        assert {f"{x['model']}/{x['version']}" for x in model_lines[-2:]} == expected
+    finally:
+        assert live.stop() == 0
