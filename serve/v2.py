@@ -2,8 +2,10 @@
 `POST /v2/models/{name}/infer`, and its error shape `{"error": ...}` for every route under /v2.
 Inference runs on the same registry, limits and validation rules as the droids' endpoints.
 
-Input tensors come as JSON data or in the binary tensor extension's form (what tritonclient sends
-by default); outputs are always JSON, which clients read whatever binary form they asked for.
+Tensors come and go as JSON data or in the binary tensor data extension's form (what tritonclient
+sends and asks for by default): per output with `parameters.binary_data`, or for all with the
+request's `parameters.binary_data_output`; the JSON header's length is then in
+Inference-Header-Content-Length.
 """
 
 from functools import partial
@@ -25,6 +27,7 @@ from serve.settings import Limits
 PREFIX = "/v2"
 SERVER_NAME = "crystal-serving"
 SERVER_VERSION = "1.0.0"
+EXTENSIONS = ["binary_tensor_data"]
 LABEL_OUTPUT = "label"
 OUTPUT_NAMES = (OUTPUT_NAME, LABEL_OUTPUT)
 INPUT_DATATYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
@@ -68,8 +71,9 @@ class InferDecoder:
 
     def decode(
         self, body: bytes, header_length: int | None
-    ) -> tuple[str | None, np.ndarray, tuple[str, ...]]:
-        """`header_length` is the binary extension's Inference-Header-Content-Length, if sent."""
+    ) -> tuple[str | None, np.ndarray, tuple[tuple[str, bool], ...]]:
+        """(id, batch, requested outputs as (name, in binary)). `header_length` is the binary
+        extension's Inference-Header-Content-Length, if sent."""
         if header_length is None:
             header, binary = body, b""
         elif 0 < header_length <= len(body):
@@ -81,7 +85,8 @@ class InferDecoder:
             request = _request_decoder.decode(header)
         except DECODE_ERRORS as exc:
             raise BadRequest(f"invalid inference request: {exc}") from None
-        return request.id, self._batch(request.inputs, binary), self._outputs(request.outputs)
+        outputs = self._outputs(request.outputs, _flag(request.parameters, "binary_data_output"))
+        return request.id, self._batch(request.inputs, binary), outputs
 
     def _batch(self, inputs: list[_Tensor], binary: bytes) -> np.ndarray:
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
@@ -129,16 +134,38 @@ class InferDecoder:
         return batch
 
     @staticmethod
-    def _outputs(requested: list[_RequestedOutput] | None) -> tuple[str, ...]:
+    def _outputs(
+        requested: list[_RequestedOutput] | None, binary: bool
+    ) -> tuple[tuple[str, bool], ...]:
+        """Each output in binary when it asks (`binary_data`), else as the request asks
+        (`binary_data_output`), else in JSON."""
         if requested is None:
-            return OUTPUT_NAMES
+            return tuple((name, binary) for name in OUTPUT_NAMES)
         names = tuple(output.name for output in requested)
         unknown = [name for name in names if name not in OUTPUT_NAMES]
         if unknown or not names:
             raise BadRequest(
                 f"outputs must be among {list(OUTPUT_NAMES)}, got {[n[:20] for n in names]}"
             )
-        return names
+        for output in requested:
+            if "shared_memory_region" in output.parameters:
+                raise BadRequest("shared memory outputs are not supported")
+        return tuple(
+            (output.name, _flag(output.parameters, "binary_data", binary)) for output in requested
+        )
+
+
+def _flag(parameters: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"parameter {name} must be true or false")
+    return value
+
+
+def _bytes_tensor(values: list[str]) -> bytes:
+    """BYTES elements in the binary extension's form: a 4-byte little-endian length, then them."""
+    encoded = [value.encode() for value in values]
+    return b"".join(len(value).to_bytes(4, "little") + value for value in encoded)
 
 
 def error_body(title: str, description: str) -> bytes:
@@ -154,7 +181,7 @@ def _json(resp: falcon.asgi.Response, document: object, status: str = falcon.HTT
 
 class ServerMetadata:
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
-        _json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        _json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 class Probe:
@@ -225,7 +252,10 @@ class InferResource:
         self._max_body_bytes = limits.max_body_bytes
         self._runner = runner
 
-    def _work(self, name: str, body: bytes, header_length: int | None) -> tuple[int, bytes]:
+    def _work(
+        self, name: str, body: bytes, header_length: int | None
+    ) -> tuple[int, bytes, int | None]:
+        """(rows, answer, length of its JSON header when binary outputs follow it)."""
         try:  # the droids' 422 for bad data is this protocol's 400
             request_id, batch, outputs = self._decoder.decode(body, header_length)
             probabilities, labels = self._registry.run(name, batch)
@@ -233,24 +263,31 @@ class InferResource:
             raise BadRequest(str(exc), name) from None
         model = self._registry.model(name)
         tensors = {
-            OUTPUT_NAME: {
-                "name": OUTPUT_NAME,
-                "datatype": DATATYPES[model.output_dtype],
-                "shape": list(probabilities.shape),
-                "data": probabilities.ravel().tolist(),
-            },
-            LABEL_OUTPUT: {
-                "name": LABEL_OUTPUT,
-                "datatype": "BYTES",
-                "shape": [len(labels)],
-                "data": labels,
-            },
+            OUTPUT_NAME: (DATATYPES[model.output_dtype], list(probabilities.shape)),
+            LABEL_OUTPUT: ("BYTES", [len(labels)]),
         }
-        answer = {"model_name": name, "model_version": model.version}
+        answer: dict[str, Any] = {"model_name": name, "model_version": model.version}
         if request_id is not None:
             answer["id"] = request_id
-        answer["outputs"] = [tensors[output] for output in outputs]
-        return len(batch), _encoder.encode(answer)
+        answer["outputs"], binaries = [], []
+        for output, binary in outputs:
+            datatype, shape = tensors[output]
+            tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": shape}
+            if output == OUTPUT_NAME:
+                values = probabilities.astype(model.output_dtype, copy=False)
+                raw, data = (values.tobytes() if binary else None), probabilities.ravel().tolist()
+            else:
+                raw, data = (_bytes_tensor(labels) if binary else None), labels
+            if raw is None:
+                tensor["data"] = data
+            else:
+                tensor["parameters"] = {"binary_data_size": len(raw)}
+                binaries.append(raw)
+            answer["outputs"].append(tensor)
+        header = _encoder.encode(answer)
+        if not binaries:
+            return len(batch), header, None
+        return len(batch), b"".join([header, *binaries]), len(header)
 
     async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
         self._registry.model(name)
@@ -260,10 +297,14 @@ class InferResource:
             raise BadRequest(f"{BINARY_HEADER} must be a byte count", name)
         body = await read_body(req, self._max_body_bytes)
         length = None if header_length is None else int(header_length)
-        req.context.rows, resp.data = await self._runner.run(
+        req.context.rows, resp.data, json_length = await self._runner.run(
             len(body), partial(self._work, name, body, length)
         )
-        resp.content_type = falcon.MEDIA_JSON
+        if json_length is None:
+            resp.content_type = falcon.MEDIA_JSON
+        else:
+            resp.content_type = "application/octet-stream"
+            resp.set_header(BINARY_HEADER, str(json_length))
         resp.set_header(MODEL_VERSION_HEADER, f"{name}/{self._registry.model(name).version}")
 
 

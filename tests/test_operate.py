@@ -176,7 +176,7 @@ def test_server_metadata(client: testing.TestClient) -> None:
     assert client.simulate_get("/v2").json == {
         "name": "crystal-serving",
         "version": "1.0.0",
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }
 
 

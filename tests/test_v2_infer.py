@@ -139,3 +139,56 @@ def test_json_header_that_is_not_utf8_is_a_bad_request(client: testing.TestClien
     result = client.simulate_post("/v2/models/sklearn/infer", body=body)
     assert result.status_code == 400
     assert "not valid UTF-8" in result.json["error"]
+
+
+def test_binary_outputs_follow_the_json_header(client: testing.TestClient) -> None:
+    """`binary_data_output` for all, `binary_data` per output; raw values after the header."""
+    body = request(
+        ROWS,
+        parameters={"binary_data_output": True},
+        outputs=[
+            {"name": "label", "parameters": {"binary_data": False}},
+            {"name": "probabilities"},
+        ],
+    )
+    result = client.simulate_post("/v2/models/pytorch/infer", json=body)
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "application/octet-stream"
+    length = int(result.headers["Inference-Header-Content-Length"])
+    header = json.loads(result.content[:length])
+    label, probabilities = header["outputs"]
+    assert label == {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["yellow"] * 2}
+    assert probabilities == {
+        "name": "probabilities",
+        "datatype": "FP32",
+        "shape": [2, 3],
+        "parameters": {"binary_data_size": 24},
+    }
+    values = np.frombuffer(result.content[length:], dtype="<f4").reshape(2, 3)
+    assert values.tolist() == [[np.float32(p) for p in (0.2, 0.3, 0.5)]] * 2
+
+
+def test_binary_labels_are_length_prefixed(client: testing.TestClient) -> None:
+    body = request(ROWS, outputs=[{"name": "label", "parameters": {"binary_data": True}}])
+    result = client.simulate_post("/v2/models/sklearn/infer", json=body)
+    length = int(result.headers["Inference-Header-Content-Length"])
+    assert result.content[length:] == b"\x04\x00\x00\x00blue\x05\x00\x00\x00green"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"parameters": {"binary_data_output": "yes"}}, "binary_data_output must be true or"),
+        ({"outputs": [{"name": "label", "parameters": {"binary_data": 1}}]}, "binary_data must"),
+        (
+            {"outputs": [{"name": "label", "parameters": {"shared_memory_region": "r"}}]},
+            "shared memory outputs are not supported",
+        ),
+    ],
+)
+def test_bad_output_parameters_are_refused(
+    client: testing.TestClient, extra: dict, message: str
+) -> None:
+    result = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, **extra))
+    assert result.status_code == 400
+    assert message in result.json["error"]

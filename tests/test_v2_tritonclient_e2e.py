@@ -28,11 +28,20 @@ def client(server: LiveServer) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
 
 
-def infer(client, model: str, rows: np.ndarray, datatype: str, outputs=None, request_id=""):
+def infer(
+    client, model: str, rows: np.ndarray, datatype: str, outputs=None, request_id="", binary=False
+):
+    """JSON tensors both ways unless `binary`; with no outputs named the client asks for all of
+    them in binary (its default)."""
     tensor = triton.InferInput("input", list(rows.shape), datatype)
-    tensor.set_data_from_numpy(rows, binary_data=False)
-    requested = [triton.InferRequestedOutput(name, binary_data=False) for name in outputs or []]
+    tensor.set_data_from_numpy(rows, binary_data=binary)
+    requested = [triton.InferRequestedOutput(name, binary_data=binary) for name in outputs or []]
     return client.infer(model, [tensor], outputs=requested or None, request_id=request_id)
+
+
+def labels(result) -> list[str]:
+    """BYTES come back as bytes from binary outputs and as str from JSON ones."""
+    return [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
 
 
 def test_server_probes_and_metadata(client: triton.InferenceServerClient) -> None:
@@ -46,13 +55,19 @@ def test_server_probes_and_metadata(client: triton.InferenceServerClient) -> Non
     assert metadata["outputs"][0]["name"] == "probabilities"
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 @pytest.mark.parametrize("model", ["sklearn", "pytorch"])
 @pytest.mark.parametrize("datatype", ["FP64", "FP32"])
 def test_infer_equals_droid_endpoint(
-    server: LiveServer, client: triton.InferenceServerClient, model: str, datatype: str
+    server: LiveServer,
+    client: triton.InferenceServerClient,
+    model: str,
+    datatype: str,
+    binary: bool,
 ) -> None:
     rows = ROWS.astype(np.float32 if datatype == "FP32" else np.float64)
-    result = infer(client, model, rows, datatype, request_id="req-7")
+    outputs = ["probabilities", "label"]
+    result = infer(client, model, rows, datatype, outputs, request_id="req-7", binary=binary)
     droid = requests.post(
         f"{server.url}/{model}", json={"crystalData": rows.tolist()}, timeout=10
     ).json()
@@ -61,8 +76,9 @@ def test_infer_equals_droid_endpoint(
     expected = np.array([list(s.values()) for s in droid["scores"]])
     assert np.array_equal(probabilities.astype(np.float64), expected)
     assert probabilities.dtype == (np.float64 if model == "sklearn" else np.float32)
-    assert list(result.as_numpy("label")) == droid["prediction"]
+    assert labels(result) == droid["prediction"]
     response = result.get_response()
+    assert all(("data" in o) != binary for o in response["outputs"])
     assert response["model_name"] == model
     assert response["id"] == "req-7"
     assert response["model_version"] == client.get_model_metadata(model)["versions"][0]
@@ -94,12 +110,31 @@ def test_errors_surface_through_the_client(
 def test_client_defaults_binary_inputs_and_outputs(
     client: triton.InferenceServerClient, model: str
 ) -> None:
-    """tritonclient's defaults: binary input tensor, binary outputs asked for; JSON comes back."""
+    """tritonclient's defaults: binary input tensor, every output asked for in binary; the
+    values are those of JSON outputs, bit for bit."""
     tensor = triton.InferInput("input", [4, 4], "FP64")
     tensor.set_data_from_numpy(ROWS)
-    binary = client.infer(model, [tensor]).as_numpy("probabilities")
-    as_json = infer(client, model, ROWS, "FP64").as_numpy("probabilities")
-    assert np.array_equal(binary, as_json)
+    binary = client.infer(model, [tensor])
+    as_json = infer(client, model, ROWS, "FP64", ["probabilities", "label"])
+    assert binary.as_numpy("probabilities").tobytes() == as_json.as_numpy("probabilities").tobytes()
+    assert labels(binary) == labels(as_json)
+    sizes = [o["parameters"]["binary_data_size"] for o in binary.get_response()["outputs"]]
+    assert sizes[0] == 4 * 3 * as_json.as_numpy("probabilities").itemsize
+
+
+def test_binary_and_json_outputs_mixed(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [4, 4], "FP64")
+    tensor.set_data_from_numpy(ROWS, binary_data=False)
+    outputs = [
+        triton.InferRequestedOutput("label", binary_data=False),
+        triton.InferRequestedOutput("probabilities", binary_data=True),
+    ]
+    result = client.infer("sklearn", [tensor], outputs=outputs)
+    label, probabilities = result.get_response()["outputs"]
+    assert label["data"] == labels(result)
+    assert probabilities["parameters"] == {"binary_data_size": 4 * 3 * 8}
+    assert "data" not in probabilities
+    assert np.array_equal(result.as_numpy("probabilities").argmax(axis=1), [0, 1, 2, 2])
 
 
 def test_binary_input_values_are_checked(client: triton.InferenceServerClient) -> None:
