@@ -11,8 +11,9 @@ from pathlib import Path
 import falcon
 import falcon.asgi
 
-from serve import droid, release, v2
+from serve import droid, openapi, release, v2
 from serve.classifier import Classifier, OnnxClassifier
+from serve.compression import ResponseCompression
 from serve.errors import ServiceError
 from serve.logs import AccessLog
 from serve.metrics import CONTENT_TYPE, FOLDER_ENV, Metrics, MetricsFolder
@@ -23,7 +24,6 @@ from serve.settings import Limits, Settings
 from serve.telemetry import RequestTelemetry
 
 logger = logging.getLogger("serve")
-OPENAPI_SPEC = Path(__file__).resolve().parent / "openapi.json"
 
 
 def _error_body(req: CrystalRequest, title: str, description: str) -> bytes:
@@ -166,7 +166,12 @@ def create_app(
     )
     router = falcon.routing.DefaultRouter()
     app = falcon.asgi.App(
-        middleware=[telemetry, MetricsPublisher(metrics, settings.metrics_flush_seconds)],
+        # process_response runs last to first: telemetry sees the compressed answer.
+        middleware=[
+            telemetry,
+            ResponseCompression(settings.gzip_min_bytes, runner),
+            MetricsPublisher(metrics, settings.metrics_flush_seconds),
+        ],
         request_type=CrystalRequest,
         router=router,
     )
@@ -177,7 +182,7 @@ def create_app(
     droid.add_routes(app, droid.DroidProtocol(registry, limits, runner), list(models))
     v2.add_routes(app, registry, limits, runner)
     app.add_route("/metrics", MetricsResource(metrics))
-    app.add_route("/openapi.json", OpenApiSpec(OPENAPI_SPEC.read_bytes()))
+    app.add_route("/openapi.json", OpenApiSpec(openapi.build_spec(registry)))
     return app
 
 

@@ -1,11 +1,17 @@
 """Request bodies, shared by both protocols: read within the size limit, checked as UTF-8, and
 the bounded measurement type both decoders use."""
 
+import zlib
 from typing import Annotated, Any
 
 import msgspec
 
-from serve.errors import InvalidCrystalData, PayloadTooLarge, RequestTimeout
+from serve.errors import (
+    InvalidCrystalData,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedEncoding,
+)
 from serve.request import CrystalRequest
 from serve.settings import Limits
 
@@ -16,9 +22,16 @@ async def read_body(req: CrystalRequest, max_bytes: int) -> bytes:
     """The whole body, or PayloadTooLarge as soon as it is known to exceed max_bytes.
 
     A declared Content-Length is checked before reading; a chunked body is refused once past the
-    limit, so an oversized body never sits in memory. A body that stops arriving (for the
-    server's TIMEOUT) or whose client goes away is answered 408, never taken as whole.
+    limit, so an oversized body never sits in memory. A gzip body (Content-Encoding) is bounded
+    twice: as sent, and as inflated; any other encoding is refused with 415. A body that stops
+    arriving (for the server's TIMEOUT) or whose client goes away is answered 408, never taken as
+    whole.
     """
+    encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding[:20]!r} is not supported; send gzip or identity"
+        )
     declared = req.content_length
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
@@ -33,8 +46,24 @@ async def read_body(req: CrystalRequest, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
         if not event.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return gunzip(body, max_bytes) if encoding == "gzip" else body
         event = await req.receive_event()
+
+
+def gunzip(body: bytes, max_bytes: int) -> bytes:
+    """A gzip body inflated to at most max_bytes: a small body that would inflate past the limit
+    is refused after inflating max_bytes + 1 bytes, never all of it."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise InvalidCrystalData(f"body is not valid gzip: {exc}") from None
+    if len(inflated) > max_bytes:
+        raise PayloadTooLarge(f"body inflates past the limit of {max_bytes} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidCrystalData("body is not valid gzip: it is cut short or has trailing data")
+    return inflated
 
 
 def check_utf8(body: bytes) -> None:

@@ -39,6 +39,11 @@ class PayloadTooLarge(ServiceError):
     title = "Request too large"
 
 
+class UnsupportedEncoding(ServiceError):
+    status = "415 Unsupported Media Type"
+    title = "Unsupported content encoding"
+
+
 class InvalidCrystalData(ServiceError):
     status = "422 Unprocessable Entity"
     title = "Invalid crystal data"

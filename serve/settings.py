@@ -76,6 +76,7 @@ class Settings:
     header_timeout: int
     max_in_flight: int
     offload_bytes: int
+    gzip_min_bytes: int
     metrics_dir: Path | None
     metrics_flush_seconds: float
     log_probes: bool
@@ -103,6 +104,7 @@ class Settings:
             header_timeout=_int(env, "HEADER_TIMEOUT", 5, 1),
             max_in_flight=_int(env, "MAX_IN_FLIGHT", 16, 1),
             offload_bytes=_int(env, "OFFLOAD_BYTES", 64 * 1024, 0),
+            gzip_min_bytes=_int(env, "GZIP_MIN_BYTES", 4096, 1),
             metrics_dir=Path(metrics_dir) if metrics_dir else None,
             metrics_flush_seconds=_float(env, "METRICS_FLUSH_SECONDS", 1.0),
             log_probes=_bool(env, "LOG_PROBES", False),

@@ -295,7 +295,10 @@ class InferResource:
         header_length = req.get_header(BINARY_HEADER)
         if header_length is not None and not header_length.isdigit():
             raise BadRequest(f"{BINARY_HEADER} must be a byte count", name)
-        body = await read_body(req, self._max_body_bytes)
+        try:
+            body = await read_body(req, self._max_body_bytes)
+        except InvalidCrystalData as exc:  # a corrupt gzip body: this protocol's 400
+            raise BadRequest(str(exc), name) from None
         length = None if header_length is None else int(header_length)
         req.context.rows, resp.data, json_length = await self._runner.run(
             len(body), partial(self._work, name, body, length)

@@ -12,10 +12,13 @@ import pytest
 import requests
 from live_server import REPO_ROOT, LiveServer
 
+from serve.manifest import read_manifest
+
 pytestmark = pytest.mark.e2e
 
 ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
 LABELS = ["blue", "green", "yellow"]
+MODELS = [model_file.name for model_file in read_manifest(REPO_ROOT / "onnx_models")]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +33,9 @@ def strict_json(response: requests.Response) -> object:
     return json.loads(response.content, parse_constant=lambda c: pytest.fail(f"{c} in body"))
 
 
-@pytest.mark.parametrize("path", ["/sklearn", "/pytorch"])
-def test_model_endpoints(server: LiveServer, path: str) -> None:
-    response = requests.post(server.url + path, json={"crystalData": ROWS}, timeout=10)
+@pytest.mark.parametrize("model", MODELS)
+def test_model_endpoints(server: LiveServer, model: str) -> None:
+    response = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
     assert response.status_code == 200
     body = strict_json(response)
     assert len(body["prediction"]) == len(body["scores"]) == 3
@@ -42,7 +45,7 @@ def test_model_endpoints(server: LiveServer, path: str) -> None:
         assert abs(sum(scores.values()) - 1) < 1e-6
 
 
-@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+@pytest.mark.parametrize("model", MODELS)
 def test_astromech_matches_direct_endpoint(server: LiveServer, model: str) -> None:
     direct = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
     routed = requests.post(
@@ -88,7 +91,7 @@ def test_get_is_405(server: LiveServer) -> None:
 
 def test_ten_thousand_rows(server: LiveServer) -> None:
     rows = np.random.default_rng(7).uniform(0, 1, size=(10_000, 4)).tolist()
-    for model in ("sklearn", "pytorch"):
+    for model in MODELS:
         response = requests.post(
             f"{server.url}/astromech", json={"crystalData": rows, "model": model}, timeout=10
         )

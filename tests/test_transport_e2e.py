@@ -266,3 +266,20 @@ def test_probes_are_answered_while_large_batches_compute() -> None:
         assert max(probes) < one_batch, (probes, one_batch)
     finally:
         assert live.stop() == 0
+
+
+def test_large_answers_are_gzipped_on_the_wire(server: LiveServer) -> None:
+    rows = {"crystalData": [[0.92, 0.12, 0.31, 0.09]] * 1000}
+    packed = requests.post(
+        server.url + "/pytorch", json=rows, headers={"Accept-Encoding": "gzip"}, timeout=10
+    )
+    plain = requests.post(
+        server.url + "/pytorch", json=rows, headers={"Accept-Encoding": "identity"}, timeout=10
+    )
+    assert (packed.headers["Content-Encoding"], packed.headers["Vary"]) == (
+        "gzip",
+        "Accept-Encoding",
+    )
+    assert "Content-Encoding" not in plain.headers
+    assert int(packed.headers["Content-Length"]) < int(plain.headers["Content-Length"]) / 10
+    assert packed.json() == plain.json()

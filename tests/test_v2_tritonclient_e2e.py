@@ -142,3 +142,31 @@ def test_binary_input_values_are_checked(client: triton.InferenceServerClient) -
     tensor.set_data_from_numpy(np.array([[0.1, np.nan, 0.2, 0.3]]))
     with pytest.raises(InferenceServerException, match="input value 1 is not a finite number"):
         client.infer("sklearn", [tensor])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", None])
+def test_compression_both_ways_through_the_client(
+    client: triton.InferenceServerClient, algorithm: str | None
+) -> None:
+    """tritonclient's gzip request bodies are read; its Accept-Encoding is honoured for answers
+    above GZIP_MIN_BYTES (4096: 400 rows of probabilities in JSON)."""
+    rows = np.tile(ROWS, (100, 1))
+    tensor = triton.InferInput("input", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows, binary_data=False)
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=False)]
+    packed = client.infer(
+        "sklearn",
+        [tensor],
+        outputs=outputs,
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    plain = client.infer("sklearn", [tensor], outputs=outputs)
+    assert np.array_equal(packed.as_numpy("probabilities"), plain.as_numpy("probabilities"))
+
+
+def test_deflate_request_bodies_are_refused(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [4, 4], "FP64")
+    tensor.set_data_from_numpy(ROWS)
+    with pytest.raises(InferenceServerException, match="'deflate' is not supported"):
+        client.infer("sklearn", [tensor], request_compression_algorithm="deflate")
