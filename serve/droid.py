@@ -107,6 +107,24 @@ class CrystalDecoder:
         return model, self._as_batch(request.crystalData, model)
 
 
+class AnswerRenderer:
+    """`{"prediction": [...], "scores": [{label: p}, ...]}`. Scores keep full float64 precision;
+    float32 outputs are widened exactly, as `tolist()` widens them."""
+
+    def __init__(self, labels: Sequence[str]):
+        # A struct per score row: lighter to build and to encode than a dict, same JSON.
+        fields = [f"p{i}" for i in range(len(labels))]
+        self._scores = msgspec.defstruct(
+            "Scores", fields, rename=dict(zip(fields, labels, strict=True))
+        )
+
+    def __call__(self, probabilities: np.ndarray, prediction: list[str]) -> bytes:
+        scores = self._scores
+        return _encoder.encode(
+            {"prediction": prediction, "scores": [scores(*row) for row in probabilities.tolist()]}
+        )
+
+
 class DroidProtocol:
     """Decode, predict through the registry, render: the droids' whole request path."""
 
@@ -120,19 +138,10 @@ class DroidProtocol:
         self._decoder = CrystalDecoder(limits, registry.names)
         self._runner = runner
         self._max_body_bytes = limits.max_body_bytes
-        # A struct per score row: lighter to build and to encode than a dict, same JSON.
-        fields = [f"p{i}" for i in range(len(registry.labels))]
-        self._scores = msgspec.defstruct(
-            "Scores", fields, rename=dict(zip(fields, registry.labels, strict=True))
-        )
+        self.render = AnswerRenderer(registry.labels)
 
     def _answer(self, model: str, batch: np.ndarray) -> bytes:
-        """Scores keep full float64 precision; float32 outputs are widened as `tolist()` does."""
-        probabilities, prediction = self._registry.run(model, batch)
-        scores = self._scores
-        return _encoder.encode(
-            {"prediction": prediction, "scores": [scores(*row) for row in probabilities.tolist()]}
-        )
+        return self.render(*self._registry.run(model, batch))
 
     def _model_work(self, model: str, body: bytes) -> tuple[str, int, bytes]:
         batch = self._decoder.crystal_data(body)

@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 
 from serve import droid, v2
-from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
+from serve.contract import INPUT_NAME, N_FEATURES
 from serve.errors import InvalidModel, StartupError
 from serve.registry import WARM_UP_ROW, ModelRegistry
 from serve.settings import Limits
@@ -44,16 +44,10 @@ def _answers(registry: ModelRegistry) -> dict[str, np.ndarray]:
     }
 
 
-def _predicted(labels: tuple[str, ...], probabilities: np.ndarray) -> list[str]:
-    return [labels[i] for i in probabilities.argmax(axis=1).tolist()]
-
-
-def _droid_answer(labels: tuple[str, ...], probabilities: np.ndarray) -> dict:
-    """What the droids' endpoints answer: scores keep full float64 precision."""
-    return {
-        "prediction": _predicted(labels, probabilities),
-        "scores": [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()],
-    }
+def _droid_answer(registry: ModelRegistry, probabilities: np.ndarray) -> dict:
+    """What the droids' endpoints answer, rendered as they render it."""
+    render = droid.AnswerRenderer(registry.labels)
+    return msgspec.json.decode(render(probabilities, registry.labels_of(probabilities)))
 
 
 def _unserved_model_answer(names: frozenset[str]) -> dict:
@@ -67,28 +61,13 @@ def _unserved_model_answer(names: frozenset[str]) -> dict:
 
 
 def _v2_answer(registry: ModelRegistry, name: str, probabilities: np.ndarray) -> dict:
-    """What `POST /v2/models/{name}/infer` answers, both outputs."""
-    model = registry.model(name)
-    predicted = _predicted(registry.labels, probabilities)
-    return {
-        "model_name": name,
-        "model_version": model.version,
-        "id": EXAMPLE_ID,
-        "outputs": [
-            {
-                "name": OUTPUT_NAME,
-                "datatype": v2.DATATYPES[model.output_dtype],
-                "shape": list(probabilities.shape),
-                "data": probabilities.ravel().tolist(),
-            },
-            {
-                "name": v2.LABEL_OUTPUT,
-                "datatype": "BYTES",
-                "shape": [len(predicted)],
-                "data": predicted,
-            },
-        ],
-    }
+    """What `POST /v2/models/{name}/infer` answers, both outputs in JSON."""
+    outputs = tuple((output, False) for output in v2.OUTPUT_NAMES)
+    labels = registry.labels_of(probabilities)
+    answer, _ = v2.render_answer(
+        name, registry.model(name), EXAMPLE_ID, probabilities, labels, outputs
+    )
+    return msgspec.json.decode(answer)
 
 
 def _fill_components(
@@ -118,13 +97,13 @@ def _droid_paths(
         item = json.loads(per_model.replace("{model}", name))
         _content(item["post"])["example"] = request
         if name in answers:
-            _content(item["post"], "200")["example"] = _droid_answer(registry.labels, answers[name])
+            _content(item["post"], "200")["example"] = _droid_answer(registry, answers[name])
         items[f"/{name}"] = item
     astromech = paths["/astromech"]["post"]
     _content(astromech, "400")["example"] = _unserved_model_answer(registry.names)
     if shown is not None:
         _content(astromech)["example"] = {**request, "model": shown}
-        _content(astromech, "200")["example"] = _droid_answer(registry.labels, answers[shown])
+        _content(astromech, "200")["example"] = _droid_answer(registry, answers[shown])
     return items | paths
 
 

@@ -60,7 +60,11 @@ class ModelRegistry:
         started = time.perf_counter()
         probabilities = model.predict(batch)
         seconds = time.perf_counter() - started
-        labels = self.labels
-        predicted = [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+        predicted = self.labels_of(probabilities)
         self._metrics.prediction(name, seconds, predicted, probabilities.max(axis=1))
         return probabilities, predicted
+
+    def labels_of(self, probabilities: np.ndarray) -> list[str]:
+        """The most probable label of every row."""
+        labels = self.labels
+        return [labels[i] for i in probabilities.argmax(axis=1).tolist()]

@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
+from serve.classifier import Classifier
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
 from serve.registry import ModelRegistry
@@ -245,6 +246,43 @@ class ModelMetadata:
     on_head = on_get
 
 
+def render_answer(
+    name: str,
+    model: Classifier,
+    request_id: str | None,
+    probabilities: np.ndarray,
+    labels: list[str],
+    outputs: tuple[tuple[str, bool], ...],
+) -> tuple[bytes, int | None]:
+    """The infer answer, and the length of its JSON header when binary outputs follow it."""
+    tensors = {
+        OUTPUT_NAME: (DATATYPES[model.output_dtype], list(probabilities.shape)),
+        LABEL_OUTPUT: ("BYTES", [len(labels)]),
+    }
+    answer: dict[str, Any] = {"model_name": name, "model_version": model.version}
+    if request_id is not None:
+        answer["id"] = request_id
+    answer["outputs"], binaries = [], []
+    for output, binary in outputs:
+        datatype, shape = tensors[output]
+        tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": shape}
+        if output == OUTPUT_NAME:
+            values = probabilities.astype(model.output_dtype, copy=False)
+            raw, data = (values.tobytes() if binary else None), probabilities.ravel().tolist()
+        else:
+            raw, data = (_bytes_tensor(labels) if binary else None), labels
+        if raw is None:
+            tensor["data"] = data
+        else:
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binaries.append(raw)
+        answer["outputs"].append(tensor)
+    header = _encoder.encode(answer)
+    if not binaries:
+        return header, None
+    return b"".join([header, *binaries]), len(header)
+
+
 class InferResource:
     def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
         self._registry = registry
@@ -262,32 +300,8 @@ class InferResource:
         except InvalidCrystalData as exc:
             raise BadRequest(str(exc), name) from None
         model = self._registry.model(name)
-        tensors = {
-            OUTPUT_NAME: (DATATYPES[model.output_dtype], list(probabilities.shape)),
-            LABEL_OUTPUT: ("BYTES", [len(labels)]),
-        }
-        answer: dict[str, Any] = {"model_name": name, "model_version": model.version}
-        if request_id is not None:
-            answer["id"] = request_id
-        answer["outputs"], binaries = [], []
-        for output, binary in outputs:
-            datatype, shape = tensors[output]
-            tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": shape}
-            if output == OUTPUT_NAME:
-                values = probabilities.astype(model.output_dtype, copy=False)
-                raw, data = (values.tobytes() if binary else None), probabilities.ravel().tolist()
-            else:
-                raw, data = (_bytes_tensor(labels) if binary else None), labels
-            if raw is None:
-                tensor["data"] = data
-            else:
-                tensor["parameters"] = {"binary_data_size": len(raw)}
-                binaries.append(raw)
-            answer["outputs"].append(tensor)
-        header = _encoder.encode(answer)
-        if not binaries:
-            return len(batch), header, None
-        return len(batch), b"".join([header, *binaries]), len(header)
+        answer, json_length = render_answer(name, model, request_id, probabilities, labels, outputs)
+        return len(batch), answer, json_length
 
     async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
         self._registry.model(name)
