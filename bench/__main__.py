@@ -1,7 +1,7 @@
 """`python -m bench`: the service against the floor and native baselines, written to --out.
 
-The default run takes about five minutes on two cores; --quick is a smoke run of a few seconds
-that proves the machinery produces a result, not a speed.
+The default run takes about six minutes on two cores; --quick is a smoke run of a few seconds
+that proves the machinery produces a complete result, not a speed.
 """
 
 import argparse
@@ -12,16 +12,26 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from bench.bodies import ENDPOINTS, write_bodies
-from bench.load import ensure_wrk
+from bench.load import ensure_wrk, wrk_seconds
 from bench.report import DERIVED, markdown, summarize
 from bench.runner import CLOSE, KEEP_ALIVE, Cell, Plan, run_plan
-from bench.servers import GUNICORN_CONF, REPO_ROOT, server_specs
+from bench.servers import (
+    GUNICORN_CONF,
+    REPO_ROOT,
+    ServerSpec,
+    code_state,
+    loadavg,
+    server_specs,
+)
+from serve.settings import Settings
 
-SERVERS = ("service", "service-sync", "floor", "native")
+SERVERS = ("service", "floor", "floor-wsgi", "native")
+QUICK_SERVERS = ["service", "floor", "native"]
 DEFAULT_SKLEARN = REPO_ROOT / "export" / "sources" / "sklearn.joblib"
 DEFAULT_PYTORCH = REPO_ROOT / "export" / "sources" / "pytorch.pt"
 
@@ -32,10 +42,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 1 round of 1 s on /sklearn, 1 row, keep-alive, no sync variant",
+        help="smoke run: 1 round of 0.5 s per load on /sklearn, keep-alive, no WSGI floor",
     )
     parser.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
-    parser.add_argument("--seconds", type=float, help="load time per cell (default 2, quick 1)")
+    parser.add_argument(
+        "--seconds", type=float, help="load time per cell and scenario (default 2, quick 0.5)"
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
@@ -50,8 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--labels-file", type=Path, help="LABELS_FILE for service and native")
     parser.add_argument("--sklearn-model", type=Path, default=DEFAULT_SKLEARN)
     parser.add_argument("--pytorch-model", type=Path, default=DEFAULT_PYTORCH)
-    parser.add_argument("--workers", type=int, help="WORKERS for every server")
-    parser.add_argument("--threads", type=int, help="THREADS for every server")
+    parser.add_argument("--workers", type=int, default=2, help="WORKERS for every server")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument(
         "--from-json",
@@ -61,11 +72,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
-    args.seconds = args.seconds or (1.0 if quick else 2.0)
+    args.seconds = args.seconds or (0.5 if quick else 2.0)
     args.endpoints = args.endpoints or (["sklearn"] if quick else list(ENDPOINTS))
-    args.rows = args.rows or ([1] if quick else [1, 1000])
+    args.rows = args.rows or [1, 1000]
     args.clients = args.clients or ([KEEP_ALIVE] if quick else [KEEP_ALIVE, CLOSE])
-    args.servers = args.servers or (["service", "floor", "native"] if quick else list(SERVERS))
+    args.servers = args.servers or (QUICK_SERVERS if quick else list(SERVERS))
     return args
 
 
@@ -76,20 +87,21 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         ("MODELS_DIR", args.models_dir),
         ("LABELS_FILE", args.labels_file),
         ("WORKERS", args.workers),
-        ("THREADS", args.threads),
     ):
         if value is not None:
             env[name] = str(value.resolve() if isinstance(value, Path) else value)
     return env
 
 
-def gunicorn_settings(env: dict[str, str]) -> dict[str, str]:
-    """The settings gunicorn resolves from serve/gunicorn.conf.py, as it prints them."""
+def gunicorn_settings(spec: ServerSpec) -> dict[str, str]:
+    """The settings gunicorn resolves for one server (config file and GUNICORN_CMD_ARGS), as it
+    prints them. gunicorn loads the app it is given to print them, and the app does not change
+    them: the floor's is the lightest."""
     command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "--print-config"]
     done = subprocess.run(
         [*command, "bench.floor_app:app"],
         cwd=REPO_ROOT,
-        env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": "0"},
+        env={**os.environ, **spec.env, "HOST": "127.0.0.1", "PORT": "0"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -103,8 +115,16 @@ def gunicorn_settings(env: dict[str, str]) -> dict[str, str]:
     return settings
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def service_settings(env: dict[str, str]) -> dict[str, int]:
+    """The service's settings that shape its answers under load."""
+    settings = Settings.from_env({**os.environ, **env})
+    return {
+        "MAX_IN_FLIGHT": settings.max_in_flight,
+        "HEADER_TIMEOUT": settings.header_timeout,
+        "KEEPALIVE": settings.keepalive,
+        "TIMEOUT": settings.timeout,
+        "OFFLOAD_BYTES": settings.offload_bytes,
+    }
 
 
 def write_results(results: dict, out: Path, chart: bool) -> None:
@@ -155,15 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         wrk_threads=args.wrk_threads,
         wrk=wrk,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    body_dir = args.out / "bodies"
     started, clock = datetime.datetime.now(datetime.UTC), time.perf_counter()
-    load_before = loadavg()
-    raw = run_plan(plan, body_dir)
+    load_before, code = loadavg(), code_state()
+    settings = {name: gunicorn_settings(spec) for name, spec in plan.servers.items()}
+    with tempfile.TemporaryDirectory(prefix="bench-bodies-") as folder:
+        raw = run_plan(plan, Path(folder))
+        body_bytes = {
+            str(rows): write_bodies(Path(folder), "sklearn", rows)[0].size for rows in args.rows
+        }
     meta = {
         "started": started.isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - clock, 1),
         "command": shlex.join(["python", "-m", "bench", *(argv or sys.argv[1:])]),
+        "code": code,
+        "code_after": code_state(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -171,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": load_before,
             "loadavg_after": loadavg(),
         },
-        "gunicorn": gunicorn_settings(env),
+        "gunicorn": settings,
+        "service": service_settings(env),
         "load": {
             "client": "wrk" if wrk else "python http.client (fallback)",
             "client_path": wrk or sys.executable,
             "connections": args.connections,
             "wrk_threads": min(args.wrk_threads, args.connections) if wrk else args.connections,
-            "seconds": max(1, round(args.seconds)) if wrk else args.seconds,
+            "seconds": wrk_seconds(args.seconds) if wrk else args.seconds,
             "rounds": args.rounds,
-            "body_bytes": {
-                str(rows): write_bodies(body_dir, "sklearn", rows)[0].size for rows in args.rows
-            },
+            "workers": args.workers,
+            "body_bytes": body_bytes,
         },
         "models": {
             "models_dir": env.get("MODELS_DIR", "onnx_models (the service's default)"),

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 
 SERVER_COLOURS = {
     "service": "#1f77b4",
-    "service-sync": "#9ecae1",
     "floor": "#7f7f7f",
+    "floor-wsgi": "#c7c7c7",
     "native": "#d62728",
 }
 
@@ -52,7 +52,7 @@ def draw(results: dict, path: Path) -> None:
     load = results["load"]
     figure.suptitle(
         f"Throughput, median of {load['rounds']} rounds ({load['client']}, "
-        f"{load['connections']} connections, {results['gunicorn']['workers']} workers)"
+        f"{load['connections']} connections, {load['workers']} workers each)"
     )
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(path, dpi=110)

@@ -28,10 +28,12 @@ class LoadResult:
 
     requests: int
     seconds: float
-    http_errors: int  # answers with status >= 400
+    http_errors: int  # answers with status >= 400, 503 excepted
+    unavailable: int  # 503 answers: shed by the service's in-flight cap
     socket_errors: int  # connect, read, write failures and timeouts
     p50_ms: float
     p99_ms: float
+    max_ms: float
     client_cpu_s: float = 0.0  # CPU the load generator itself used: it shares the two cores
 
     @property
@@ -40,7 +42,7 @@ class LoadResult:
 
     @property
     def errors(self) -> int:
-        return self.http_errors + self.socket_errors
+        return self.http_errors + self.unavailable + self.socket_errors
 
 
 def ensure_wrk(install: bool) -> str | None:
@@ -82,10 +84,12 @@ def run_wrk(
     return LoadResult(
         requests=summary["requests"],
         seconds=summary["duration_us"] / 1e6,
-        http_errors=summary["status"],
+        http_errors=summary["failed"],
+        unavailable=summary["unavailable"],
         socket_errors=sum(summary[k] for k in ("connect", "read", "write", "timeout")),
         p50_ms=summary["p50_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
+        max_ms=summary["max_us"] / 1000,
         client_cpu_s=_children_cpu() - before,
     )
 
@@ -102,6 +106,7 @@ def _own_cpu() -> float:
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of the sorted values lie (nearest rank); 0 when empty."""
     if not sorted_values:
         return 0.0
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
@@ -118,12 +123,12 @@ def run_python(
     if not keep_alive:
         headers["Connection"] = "close"
     latencies: list[float] = []
-    counts = {"http": 0, "socket": 0}
+    counts = {"http": 0, "unavailable": 0, "socket": 0}
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def client() -> None:
-        mine, http_errors, socket_errors = [], 0, 0
+        mine, http_errors, unavailable, socket_errors = [], 0, 0, 0
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
         for i in range(MAX_REQUESTS_PER_CONNECTION):
             if time.perf_counter() >= deadline:
@@ -138,13 +143,15 @@ def run_python(
                 connection.close()
                 continue
             mine.append((time.perf_counter() - started) * 1000)
-            http_errors += response.status >= 400
+            unavailable += response.status == 503
+            http_errors += response.status >= 400 and response.status != 503
             if not keep_alive:
                 connection.close()
         connection.close()
         with lock:
             latencies.extend(mine)
             counts["http"] += http_errors
+            counts["unavailable"] += unavailable
             counts["socket"] += socket_errors
 
     started, cpu_before = time.perf_counter(), _own_cpu()
@@ -159,8 +166,30 @@ def run_python(
         requests=len(latencies),
         seconds=elapsed,
         http_errors=counts["http"],
+        unavailable=counts["unavailable"],
         socket_errors=counts["socket"],
         p50_ms=statistics.median(latencies) if latencies else 0.0,
         p99_ms=_percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else 0.0,
         client_cpu_s=_own_cpu() - cpu_before,
     )
+
+
+def run_load(
+    wrk: str | None,
+    url: str,
+    bodies: list[Path],
+    connections: int,
+    threads: int,
+    seconds: float,
+    keep_alive: bool,
+) -> LoadResult:
+    """wrk when given (whole seconds, at least one), else the Python client."""
+    if wrk:
+        return run_wrk(wrk, url, bodies, connections, threads, wrk_seconds(seconds), keep_alive)
+    return run_python(url, bodies, connections, seconds, keep_alive)
+
+
+def wrk_seconds(seconds: float) -> int:
+    """wrk takes whole seconds."""
+    return max(1, round(seconds))

@@ -1,9 +1,12 @@
 """Starting, probing and stopping the servers under test, each a gunicorn master and its workers.
 
-All of them run with serve/gunicorn.conf.py, so worker class, workers, threads and keep-alive are
-the service's own; a baseline only swaps the WSGI app, and the sync variant only the worker class.
+All of them run with serve/gunicorn.conf.py, so workers, keep-alive and timeouts are the
+service's own. The service and the ASGI floor also share its worker class; the WSGI floor and
+the native baseline swap it for gunicorn's `gthread` (4 threads) through GUNICORN_CMD_ARGS,
+which outranks the config file.
 """
 
+import hashlib
 import http.client
 import os
 import signal
@@ -15,10 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve.metrics import FOLDER_ENV
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO_ROOT / "serve" / "gunicorn.conf.py"
+GTHREAD = "--worker-class gthread --threads 4"
 # Inherited values that would make the servers differ from each other or share state.
-_SCRUBBED_ENV = ("GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR")
+_SCRUBBED_ENV = ("GUNICORN_CMD_ARGS", FOLDER_ENV)
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -33,28 +40,26 @@ class ServerSpec:
 def server_specs(
     base_env: dict[str, str], sklearn_model: Path | None, pytorch_model: Path | None
 ) -> dict[str, ServerSpec]:
-    """The four servers: the service (gthread, as configured), its sync variant, floor, native."""
+    """The service, the ASGI floor (the service's worker), the WSGI floor and native (gthread)."""
     python = sys.executable
     gunicorn = (python, "-m", "gunicorn", "--config", str(GUNICORN_CONF))
+    gthread = {**base_env, "GUNICORN_CMD_ARGS": GTHREAD}
     native_env = {}
     if sklearn_model and pytorch_model:
         native_env = {
             "BENCH_SKLEARN_MODEL": str(sklearn_model),
             "BENCH_PYTORCH_MODEL": str(pytorch_model),
         }
-    return {
-        "service": ServerSpec("service", (python, "-m", "serve"), dict(base_env)),
-        # GUNICORN_CMD_ARGS outranks the config file: the real entry point, one setting changed.
-        "service-sync": ServerSpec(
-            "service-sync",
-            (python, "-m", "serve"),
-            {**base_env, "GUNICORN_CMD_ARGS": "--worker-class sync"},
-        ),
-        "floor": ServerSpec("floor", (*gunicorn, "bench.floor_app:app"), dict(base_env)),
-        "native": ServerSpec(
-            "native", (*gunicorn, "bench.native_app:application()"), {**base_env, **native_env}
-        ),
+    apps = {
+        "service": ("serve.asgi:application()", dict(base_env)),
+        "floor": ("bench.floor_app:app", dict(base_env)),
+        "floor-wsgi": ("bench.floor_app:wsgi_app", gthread),
+        "native": ("bench.native_app:application()", {**gthread, **native_env}),
     }
+    specs = {name: ServerSpec(name, (*gunicorn, app), env) for name, (app, env) in apps.items()}
+    # The real entry point: the start-up checks first, then gunicorn with the same config.
+    specs["service"] = ServerSpec("service", (python, "-m", "serve"), apps["service"][1])
+    return specs
 
 
 def free_port() -> int:
@@ -63,15 +68,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def post(port: int, path: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
-    """One POST on a fresh connection: status and body."""
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """One request on a fresh connection: status and body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        connection.request(method, path, body, {"Content-Type": "application/json"})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 on: the command name may hold spaces or parentheses."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def children(pid: int) -> list[int]:
@@ -81,13 +93,18 @@ def children(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            parent = int(_stat_fields(int(entry.name))[1])
         except OSError:
             continue
-        # The command name may hold spaces or parentheses: fields start after the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        if parent == pid:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of one process so far."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
 
 
 def rss_mb(pid: int) -> float:
@@ -98,8 +115,54 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def listen_overflows() -> int:
+    """Connections dropped because a listening socket's accept queue was full, so far, over this
+    network namespace (the kernel's TcpExt ListenOverflows): a dropped SYN costs its client a
+    retransmit, a second later."""
+    header, values = [
+        line.split() for line in Path("/proc/net/netstat").read_text().splitlines()[:2]
+    ]
+    return int(values[header.index("ListenOverflows")])
+
+
+def code_state() -> dict[str, object]:
+    """The commit measured, the files of serve/ and bench/ that differ from it, and a digest of
+    those folders' sources: figures are only comparable between runs of the same code, and a
+    digest that changed during a run means its servers did not all run the same code."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "serve").rglob("*")) + sorted((REPO_ROOT / "bench").glob("*")):
+        if path.is_file() and path.suffix in (".py", ".json", ".lua"):
+            digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + path.read_bytes())
+    git = ["git", "--no-optional-locks", "-C", str(REPO_ROOT)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", "serve", "bench", ":!bench/results"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    return {
+        "commit": commit or "unknown",
+        "uncommitted": [line[3:] for line in changed],
+        "sources_sha256": digest.hexdigest(),
+    }
+
+
+def loadavg() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes: how busy the shared cores were."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def waits_in_epoll(pid: int) -> bool:
+    """Whether the process sleeps in epoll_wait: a gunicorn worker there has booted and is idle
+    (the asyncio loop and gthread's poller both wait in epoll)."""
+    return Path(f"/proc/{pid}/wchan").read_text() == "do_epoll_wait"
+
+
 class RunningServer:
-    """A started server: its port, its time from spawn to first answer, its workers' memory."""
+    """A started server: its port, its time from spawn to first answer, its workers."""
 
     def __init__(self, spec: ServerSpec, probe: bytes, ready_timeout: float = 60.0):
         self.spec = spec
@@ -132,7 +195,7 @@ class RunningServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited early:\n{self.output[-3000:]}")
             try:
-                if post(self.port, "/sklearn", probe, timeout=2)[0] == 200:
+                if request(self.port, "POST", "/sklearn", probe, timeout=2)[0] == 200:
                     return
             except OSError:
                 pass
@@ -144,8 +207,21 @@ class RunningServer:
     def worker_pids(self) -> list[int]:
         return children(self.process.pid)
 
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Waits (at most `timeout`) until every worker has booted and sleeps, so idle memory is
+        read after the models are loaded: the first answer comes from one worker while others
+        may still boot."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if all(waits_in_epoll(pid) for pid in self.worker_pids()):
+                return
+            time.sleep(0.05)
+
     def worker_rss_mb(self) -> list[float]:
         return [rss_mb(pid) for pid in self.worker_pids()]
+
+    def worker_cpu_seconds(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in self.worker_pids()}
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process.poll() is None:

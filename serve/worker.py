@@ -1,4 +1,5 @@
-"""gunicorn's own ASGI worker, with two things it does not offer as settings:
+"""gunicorn's own ASGI worker (uvloop, the gunicorn-h1c C parser), with what it does not offer
+as settings:
 
 - a new connection must send its first request head within HEADER_TIMEOUT (gunicorn times out
   only the wait between two requests, with `keepalive`), so silent and slow-header connections
@@ -7,7 +8,9 @@
   SIGTERM idle keep-alive connections close at once instead of after `keepalive`;
 - the answers gunicorn writes itself, before the app runs (malformed request line, headers or
   chunked framing: 400, 414, 431, 501), are JSON like every other answer, and a request whose
-  body stops arriving before the app has seen any of it is answered 408, not 500.
+  body stops arriving before the app has seen any of it is answered 408, not 500;
+- the listen backlog it is configured with, and the C parser it finds (both lost on the way in
+  gunicorn 27.0.1's asyncio worker).
 
 It subclasses gunicorn's ASGIProtocol (pinned gunicorn version; the suite's hostile-client tests
 cover each behaviour) and makes the worker build connections with it.
@@ -17,9 +20,10 @@ import asyncio
 import signal
 import weakref
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
+import uvloop
 from gunicorn.asgi import protocol
 from gunicorn.workers import gasgi
 
@@ -30,6 +34,13 @@ _encoder = msgspec.json.Encoder()
 
 class CrystalProtocol(protocol.ASGIProtocol):
     header_timeout: float = 5.0
+
+    @classmethod
+    def _check_h1c_protocol_available(cls) -> bool:
+        # gunicorn caches this answer on the class it is asked of, but reads it back from
+        # ASGIProtocol: asked of a subclass, it would fall back to the pure-Python parser.
+        return protocol.ASGIProtocol._check_h1c_protocol_available()
+
     connections: ClassVar["weakref.WeakSet[CrystalProtocol]"] = weakref.WeakSet()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,7 +87,25 @@ class CrystalProtocol(protocol.ASGIProtocol):
         self._safe_write(head.encode("latin-1") + body)
 
 
+class _Loop(uvloop.Loop):
+    """uvloop, listening with gunicorn's `backlog` (2048) instead of asyncio's default of 100:
+    gunicorn's worker re-listens its sockets through create_server without passing it, and a
+    burst of connections then overflowed the accept queue (the dropped ones retry a second
+    later)."""
+
+    def __init__(self, backlog: int):
+        super().__init__()
+        self._backlog = backlog
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+        return await super().create_server(*args, **{**kwargs, "backlog": self._backlog})
+
+
 class CrystalWorker(gasgi.ASGIWorker):
+    def _setup_event_loop(self) -> None:
+        self.loop = _Loop(self.cfg.backlog)
+        asyncio.set_event_loop(self.loop)
+
     def init_process(self) -> None:
         # Until gunicorn installs the worker's own handlers, SIGTERM would reach the master's
         # handler inherited through fork and be lost: a server stopped while a worker boots
