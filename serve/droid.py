@@ -161,7 +161,7 @@ class DroidProtocol:
         model, req.context.rows, resp.data = await self._runner.run(len(body), work)
         req.context.model = model
         resp.content_type = falcon.MEDIA_JSON
-        resp.set_header(MODEL_VERSION_HEADER, f"{model}/{self._registry.model(model).version}")
+        resp.set_header(MODEL_VERSION_HEADER, self._registry.version_tag(model))
 
 
 class ModelResource:

@@ -23,10 +23,11 @@ class _Clock:
         whole = int(seconds)
         if whole != self._second:
             self._second = whole
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        return f"{self._prefix}.{int(seconds * 1000) % 1000:03d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        return self._prefix + _MILLIS[int((seconds - whole) * 1000)]
 
 
+_MILLIS = [f"{ms:03d}Z" for ms in range(1000)]
 _timestamp = _Clock()
 
 
@@ -64,8 +65,34 @@ class GunicornJsonLogger(glogging.Logger):
                 handler.setStream(sys.stdout)
 
 
+class AccessLine(msgspec.Struct, omit_defaults=True):
+    """One access line: the fields every line has, then the request's. A struct encodes several
+    times faster than a dict of the same fields."""
+
+    ts: str
+    level: str
+    logger: str
+    message: str
+    pid: int
+    request_id: str
+    method: str
+    path: str
+    model: str
+    version: str
+    rows: int
+    status: int
+    duration_ms: float
+    bytes: int
+    client: str
+    user_agent: str
+    error: str = ""  # left out when empty
+
+
+_access_encoder = msgspec.json.Encoder()
+
+
 class AccessLog:
-    """One JSON line per request, in the same shape as the other log lines.
+    """One JSON line per request, in the same schema as the other log lines.
 
     Written with a single `os.write` on stdout rather than through `logging`, whose record,
     formatter and handler lock cost more than a 1-row prediction; one write per line keeps lines
@@ -74,9 +101,13 @@ class AccessLog:
 
     def __init__(self, write: Callable[[bytes], object] | None = None):
         self._write = write or (lambda data: os.write(sys.stdout.fileno(), data))
+        self.pid = os.getpid()
 
-    def request(self, fields: dict) -> None:
-        self._write(json_line("info", "serve.access", "request", fields) + b"\n")
+    def request(self, line: AccessLine) -> None:
+        self._write(_access_encoder.encode(line) + b"\n")
+
+    def timestamp(self) -> str:
+        return _timestamp(time.time())
 
 
 def configure_logging() -> None:

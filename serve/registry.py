@@ -27,6 +27,7 @@ class ModelRegistry:
         self.labels = tuple(labels)
         self._metrics = metrics
         self.names = frozenset(models)
+        self._version_tags = {name: f"{name}/{model.version}" for name, model in models.items()}
         self._ready = {name: self._warm_up(model) for name, model in self._models.items()}
 
     @staticmethod
@@ -43,6 +44,10 @@ class ModelRegistry:
             return self._models[name]
         except KeyError:
             raise UnknownModel(f"no model named {name[:40]!r}") from None
+
+    def version_tag(self, name: str) -> str:
+        """`name/version`, as every prediction answer names its model."""
+        return self._version_tags[name]
 
     def is_ready(self, name: str) -> bool:
         self.model(name)

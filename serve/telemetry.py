@@ -10,7 +10,7 @@ from os import urandom
 import falcon.asgi
 
 from serve.errors import Overloaded
-from serve.logs import AccessLog
+from serve.logs import AccessLine, AccessLog
 from serve.metrics import Metrics
 from serve.request import CrystalRequest
 
@@ -88,19 +88,24 @@ class RequestTelemetry:
         )
         if not self._log_probes and req.path in PROBE_PATHS:
             return
-        fields = {
-            "request_id": context.request_id,
-            "method": method,
-            "path": req.path[:MAX_LOGGED_CHARS],
-            "model": context.model,
-            "version": self._versions.get(context.model, ""),
-            "rows": context.rows,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "bytes": len(resp.data or b""),
-            "client": req.remote_addr,
-            "user_agent": (req.user_agent or "")[:MAX_LOGGED_CHARS],
-        }
-        if context.error:
-            fields["error"] = context.error[:MAX_LOGGED_CHARS]
-        self._access_log.request(fields)
+        log = self._access_log
+        line = AccessLine(
+            log.timestamp(),
+            "info",
+            "serve.access",
+            "request",
+            log.pid,
+            context.request_id,
+            method,
+            req.path[:MAX_LOGGED_CHARS],
+            context.model,
+            self._versions.get(context.model, ""),
+            context.rows,
+            status,
+            int(seconds * 1e6) / 1000,  # milliseconds to the microsecond
+            len(resp.data or b""),
+            req.remote_addr,
+            (req.get_header("User-Agent") or "")[:MAX_LOGGED_CHARS],
+            context.error[:MAX_LOGGED_CHARS],
+        )
+        log.request(line)

@@ -322,7 +322,7 @@ class InferResource:
         else:
             resp.content_type = "application/octet-stream"
             resp.set_header(BINARY_HEADER, str(json_length))
-        resp.set_header(MODEL_VERSION_HEADER, f"{name}/{self._registry.model(name).version}")
+        resp.set_header(MODEL_VERSION_HEADER, self._registry.version_tag(name))
 
 
 def add_routes(
