@@ -65,6 +65,7 @@ test: lint monitoring-tools
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench --out bench/results
+	$(BIN)/python -m bench.compression --out bench/results
 
 # Load with faults: a minute of mixed load while a worker is killed, the server reloaded and stopped.
 soak: install
