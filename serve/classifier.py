@@ -43,6 +43,7 @@ class OnnxClassifier:
         self.version = hashlib.sha256(model).hexdigest()[:12]
         self.input_dtype, self.output_dtype, self.n_classes = self._check_contract()
         self._output_names = [OUTPUT_NAME]
+        self._run_options = ort.RunOptions()  # built once: run() would build one per call
 
     def _check_contract(self) -> tuple[np.dtype, np.dtype, int]:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -86,7 +87,9 @@ class OnnxClassifier:
                     f"model's {self.input_dtype.name} input"
                 )
         try:
-            (probabilities,) = self._session.run(self._output_names, {INPUT_NAME: model_input})
+            (probabilities,) = self._session.run(
+                self._output_names, {INPUT_NAME: model_input}, self._run_options
+            )
         except Exception as exc:
             raise PredictionFailed(f"model {self.name} failed to predict") from exc
         if probabilities.shape != (len(batch), self.n_classes):
