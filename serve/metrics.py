@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +123,8 @@ class Histogram:
 
     def observe_many(self, values: np.ndarray) -> None:
         indices = np.searchsorted(self.buckets, values, side="left")
-        for index, count in zip(*np.unique(indices, return_counts=True), strict=True):
-            self.counts[int(index)] += int(count)
+        for index, count in enumerate(np.bincount(indices, minlength=len(self.counts)).tolist()):
+            self.counts[index] += count
         self.sum += float(values.sum())
 
 
@@ -175,19 +175,26 @@ class Metrics:
             self._count(WORKER_RESTARTS, ())
 
     def prediction(
-        self, model: str, seconds: float, labels: list[str], confidence: np.ndarray
+        self,
+        model: str,
+        seconds: float,
+        labels: Sequence[str],
+        best: np.ndarray,
+        confidence: np.ndarray,
     ) -> None:
-        """One batch: its size, its time in the model, each row's label and top probability."""
+        """One batch: its size, its time in the model, and per row the index in `labels` of the
+        predicted label and its probability."""
         key = (model,)
         with self._lock:
-            self._histogram(ROWS, key).observe(len(labels))
+            self._histogram(ROWS, key).observe(len(best))
             self._histogram(INFERENCE_SECONDS, key).observe(seconds)
-            if len(labels) == 1:
-                self._count(PREDICTIONS, (model, labels[0]))
+            if len(best) == 1:
+                self._count(PREDICTIONS, (model, labels[int(best[0])]))
                 self._histogram(CONFIDENCE, key).observe(float(confidence[0]))
                 return
-            for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
-                self._count(PREDICTIONS, (model, str(label)), int(count))
+            for index, count in enumerate(np.bincount(best, minlength=len(labels)).tolist()):
+                if count:
+                    self._count(PREDICTIONS, (model, labels[index]), count)
             self._histogram(CONFIDENCE, key).observe_many(confidence)
 
     def snapshot(self) -> Snapshot:

@@ -65,11 +65,14 @@ class ModelRegistry:
         started = time.perf_counter()
         probabilities = model.predict(batch)
         seconds = time.perf_counter() - started
-        predicted = self.labels_of(probabilities)
-        self._metrics.prediction(name, seconds, predicted, probabilities.max(axis=1))
-        return probabilities, predicted
+        best = probabilities.argmax(axis=1)
+        self._metrics.prediction(name, seconds, self.labels, best, probabilities.max(axis=1))
+        return probabilities, self._labels_at(best)
+
+    def _labels_at(self, best: np.ndarray) -> list[str]:
+        labels = self.labels
+        return [labels[i] for i in best.tolist()]
 
     def labels_of(self, probabilities: np.ndarray) -> list[str]:
         """The most probable label of every row."""
-        labels = self.labels
-        return [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+        return self._labels_at(probabilities.argmax(axis=1))
