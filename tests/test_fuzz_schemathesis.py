@@ -3,20 +3,13 @@
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import LiveServer
+
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer().wait_ready()
-    yield live
-    live.stop()
 
 
 def schemathesis(url: str, cwd: Path, *options: str) -> int:
@@ -49,7 +42,7 @@ def schemathesis(url: str, cwd: Path, *options: str) -> int:
     return generated
 
 
-def test_schemathesis_finds_no_failure(server: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_failure(server: ServerProcess, tmp_path: Path) -> None:
     """At least 1,000 generated cases: no 5xx, every answer conforms to the spec."""
     generated = schemathesis(
         server.url, tmp_path, "--checks", "all", "--exclude-operation-id", "modelInfer"

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import REPO_ROOT
+
+from harness.server import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 CLIENTS = 6

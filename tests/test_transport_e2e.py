@@ -13,7 +13,8 @@ from contextlib import suppress
 
 import pytest
 import requests
-from live_server import LiveServer
+
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BODY = json.dumps({"crystalData": [[0.92, 0.12, 0.31, 0.09]]}).encode()
@@ -28,14 +29,14 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer(SETTINGS).wait_ready()
+def server() -> Iterator[ServerProcess]:
+    live = ServerProcess(SETTINGS).wait_ready()
     yield live
     live.stop()
     assert "Traceback" not in live.output
 
 
-def connect(server: LiveServer) -> socket.socket:
+def connect(server: ServerProcess) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -56,7 +57,7 @@ def answer(raw: bytes) -> tuple[int, dict[str, str], object]:
     return int(status_line.split()[1]), headers, json.loads(body)
 
 
-def post_ok(server: LiveServer) -> float:
+def post_ok(server: ServerProcess) -> float:
     """One normal request; its latency in seconds."""
     started = time.monotonic()
     response = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
@@ -66,7 +67,7 @@ def post_ok(server: LiveServer) -> float:
 
 @pytest.mark.parametrize("sent", [b"", b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Le"])
 def test_a_connection_without_a_request_head_gets_408_and_is_closed(
-    server: LiveServer, sent: bytes
+    server: ServerProcess, sent: bytes
 ) -> None:
     with connect(server) as sock:
         sock.sendall(sent)
@@ -82,7 +83,7 @@ def test_a_connection_without_a_request_head_gets_408_and_is_closed(
 
 
 @pytest.mark.parametrize("body_bytes", [0, 10])
-def test_a_body_that_stops_gets_408_and_is_closed(server: LiveServer, body_bytes: int) -> None:
+def test_a_body_that_stops_gets_408_and_is_closed(server: ServerProcess, body_bytes: int) -> None:
     head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
     with connect(server) as sock:
         sock.sendall(head + b" " * body_bytes)
@@ -95,7 +96,7 @@ def test_a_body_that_stops_gets_408_and_is_closed(server: LiveServer, body_bytes
     post_ok(server)
 
 
-def test_an_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
+def test_an_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
     request = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY)
     with connect(server) as sock:
         sock.sendall(request + BODY)
@@ -106,7 +107,7 @@ def test_an_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
     assert time.monotonic() - started < 3
 
 
-def test_a_client_that_leaves_mid_body_costs_nothing(server: LiveServer) -> None:
+def test_a_client_that_leaves_mid_body_costs_nothing(server: ServerProcess) -> None:
     for _ in range(5):
         with connect(server) as sock:
             sock.sendall(b"POST /pytorch HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[[1,")
@@ -131,7 +132,7 @@ CHUNKED_HEAD = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked
     ],
 )
 def test_malformed_chunked_framing_is_answered_in_json(
-    server: LiveServer, framing: bytes, expected: int
+    server: ServerProcess, framing: bytes, expected: int
 ) -> None:
     with connect(server) as sock:
         sock.sendall(CHUNKED_HEAD + framing)
@@ -142,7 +143,7 @@ def test_malformed_chunked_framing_is_answered_in_json(
     post_ok(server)
 
 
-def test_a_chunked_body_cut_short_is_closed_without_an_error(server: LiveServer) -> None:
+def test_a_chunked_body_cut_short_is_closed_without_an_error(server: ServerProcess) -> None:
     with connect(server) as sock:
         sock.sendall(CHUNKED_HEAD + b'10\r\n{"crystalData"')
         sock.shutdown(socket.SHUT_WR)
@@ -161,7 +162,7 @@ def test_a_chunked_body_cut_short_is_closed_without_an_error(server: LiveServer)
     ],
 )
 def test_answers_the_server_writes_itself_are_json(
-    server: LiveServer, request_bytes: bytes, status: int
+    server: ServerProcess, request_bytes: bytes, status: int
 ) -> None:
     with connect(server) as sock:
         sock.sendall(request_bytes)
@@ -171,7 +172,7 @@ def test_answers_the_server_writes_itself_are_json(
     assert set(body) == {"title", "description"}
 
 
-def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -> None:
+def test_overload_is_shed_with_503_and_probes_still_answer(server: ServerProcess) -> None:
     """Four uploads in progress fill the worker's cap of 4: a fifth request is refused at once,
     probes are still answered, and once the uploads time out the worker serves again."""
     head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[[1,"
@@ -198,7 +199,7 @@ def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -
     assert re.search(r"^crystal_requests_shed_total [1-9]", metrics, re.M)
 
 
-def test_silent_and_slow_header_connections_do_not_delay_others(server: LiveServer) -> None:
+def test_silent_and_slow_header_connections_do_not_delay_others(server: ServerProcess) -> None:
     """300 connections that send nothing and 50 that send their head a byte at a time, while a
     normal client keeps posting: its requests are answered as if they were alone."""
     silent = [connect(server) for _ in range(300)]
@@ -236,7 +237,7 @@ def test_probes_are_answered_while_large_batches_compute() -> None:
     """Six clients keep one worker busy with 100,000-row batches; the probes do not queue
     behind them (large batches run on the worker's inference thread; run inline, the probes
     measured here waited up to three batches)."""
-    live = LiveServer({"WORKERS": "1"}).wait_ready()
+    live = ServerProcess({"WORKERS": "1"}).wait_ready()
     body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
     try:
         started = time.monotonic()
@@ -269,7 +270,7 @@ def test_probes_are_answered_while_large_batches_compute() -> None:
         assert live.stop() == 0
 
 
-def test_large_answers_are_gzipped_on_the_wire(server: LiveServer) -> None:
+def test_large_answers_are_gzipped_on_the_wire(server: ServerProcess) -> None:
     rows = {"crystalData": [[0.92, 0.12, 0.31, 0.09]] * 1000}
     packed = requests.post(
         server.url + "/pytorch", json=rows, headers={"Accept-Encoding": "gzip"}, timeout=10
@@ -287,7 +288,7 @@ def test_large_answers_are_gzipped_on_the_wire(server: LiveServer) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
-def test_the_listen_backlog_is_gunicorns(server: LiveServer) -> None:
+def test_the_listen_backlog_is_gunicorns(server: ServerProcess) -> None:
     """asyncio's create_server would re-listen with 100: bursts overflowed the accept queue."""
     listing = subprocess.run(
         ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
