@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from harness.server import REPO_ROOT, ServerProcess, free_port
+from serve.settings import Settings
 
 MONITORING_DIR = REPO_ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING_DIR / "dashboard.json"
@@ -390,7 +391,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus.wait_ready()
         for _ in range(2):
             send_traffic(server.url)
-            prometheus.wait_for_scrape_after(time.time())
+            # Once every worker has published the traffic (each does every second).
+            prometheus.wait_for_scrape_after(
+                time.time() + Settings.from_env({}).metrics_flush_seconds
+            )
         yield Stack(server, prometheus)
 
 

@@ -22,7 +22,7 @@ def test_short_soak(tmp_path: Path) -> None:
             "-m",
             "tools.soak",
             "--seconds",
-            "8",
+            "5",
             "--clients",
             str(CLIENTS),
             "--json",
