@@ -32,10 +32,9 @@ def request(
     path: str,
     body: bytes | None = None,
     timeout: float = 5.0,
-    host: str = "127.0.0.1",
 ) -> tuple[int, bytes]:
-    """One request on a fresh connection: status and body."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    """One request to 127.0.0.1 on a fresh connection: status and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request(method, path, body, {"Content-Type": "application/json"})
         response = connection.getresponse()

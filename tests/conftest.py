@@ -35,3 +35,13 @@ def server() -> Iterator[ServerProcess]:
     yield live
     assert live.stop() == 0, live.output[-3000:]
     assert "Traceback" not in live.output
+
+
+@pytest.fixture(scope="session")
+def one_worker_server() -> Iterator[ServerProcess]:
+    """The service with a single worker, otherwise as shipped: for the tests that load one
+    worker and watch it (its memory, its probes)."""
+    live = ServerProcess({"WORKERS": "1"}).wait_ready()
+    yield live
+    assert live.stop() == 0, live.output[-3000:]
+    assert "Traceback" not in live.output

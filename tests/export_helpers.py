@@ -22,13 +22,17 @@ def run_module(
     module: str, *args: str, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`python -m module args` from the repository root, as `make` runs it."""
+    return _python("-m", module, *args, env=env)
+
+
+def _python(*argv: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *argv],
         cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
 
@@ -90,14 +94,8 @@ def run_forked(
     the module imported once: the export imports torch and skl2onnx, seconds per interpreter."""
     keys = list(commands)
     with tempfile.TemporaryDirectory() as folder:
-        argv = [module, json.dumps([commands[key] for key in keys]), folder]
-        runner = subprocess.run(
-            [sys.executable, "-c", _FORKED_RUNS, *argv],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+        runner = _python(
+            "-c", _FORKED_RUNS, module, json.dumps([commands[k] for k in keys]), folder
         )
         assert runner.returncode == 0, runner.stderr
         codes = json.loads(runner.stdout)

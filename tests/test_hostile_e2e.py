@@ -95,19 +95,16 @@ def test_slow_client_does_not_block_others(server: ServerProcess) -> None:
     assert slow_answer and slow_answer[0].startswith(b"HTTP/1.1 200")
 
 
-def test_memory_plateaus_under_repeated_large_batches() -> None:
+def test_memory_plateaus_under_repeated_large_batches(one_worker_server: ServerProcess) -> None:
     """The allocator keeps the peak of a 100,000-row request (about 200 MiB, wobbling by up to
     ~16 MiB with fragmentation); repeating it must not grow it. A leak of even one 1.8 MB body
     per request would add 72 MiB over the 40 measured requests."""
-    live = ServerProcess({"WORKERS": "1"}).wait_ready()
-    try:
-        body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
-        for _ in range(20):  # reach the worker's peak
-            assert post(live, "/pytorch", body).status_code == 200
-        (pid,) = live.worker_pids()
-        plateau = rss_mb(pid)
-        for _ in range(40):
-            assert post(live, "/pytorch", body).status_code == 200
-        assert rss_mb(pid) - plateau < 24, "the worker kept growing"
-    finally:
-        live.stop()
+    live = one_worker_server
+    body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+    for _ in range(20):  # reach the worker's peak
+        assert post(live, "/pytorch", body).status_code == 200
+    (pid,) = live.worker_pids()
+    plateau = rss_mb(pid)
+    for _ in range(40):
+        assert post(live, "/pytorch", body).status_code == 200
+    assert rss_mb(pid) - plateau < 24, "the worker kept growing"

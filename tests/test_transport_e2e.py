@@ -233,41 +233,40 @@ def test_silent_and_slow_header_connections_do_not_delay_others(server: ServerPr
     assert max(latencies) < 1.0, f"slowest normal request {max(latencies):.3f} s"
 
 
-def test_probes_are_answered_while_large_batches_compute() -> None:
+def test_probes_are_answered_while_large_batches_compute(
+    one_worker_server: ServerProcess,
+) -> None:
     """Six clients keep one worker busy with 100,000-row batches; the probes do not queue
     behind them (large batches run on the worker's inference thread; run inline, the probes
     measured here waited up to three batches)."""
-    live = ServerProcess({"WORKERS": "1"}).wait_ready()
+    live = one_worker_server
     body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+    started = time.monotonic()
+    assert requests.post(live.url + "/pytorch", data=body, timeout=60).status_code == 200
+    one_batch = time.monotonic() - started
+    stop = threading.Event()
+
+    def batches() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                assert session.post(live.url + "/pytorch", data=body, timeout=60).ok
+
+    clients = [threading.Thread(target=batches) for _ in range(6)]
+    for client in clients:
+        client.start()
+    probes = []
     try:
-        started = time.monotonic()
-        assert requests.post(live.url + "/pytorch", data=body, timeout=60).status_code == 200
-        one_batch = time.monotonic() - started
-        stop = threading.Event()
-
-        def batches() -> None:
-            with requests.Session() as session:
-                while not stop.is_set():
-                    assert session.post(live.url + "/pytorch", data=body, timeout=60).ok
-
-        clients = [threading.Thread(target=batches) for _ in range(6)]
-        for client in clients:
-            client.start()
-        probes = []
-        try:
-            time.sleep(4 * one_batch)
-            for _ in range(20):
-                started = time.monotonic()
-                assert requests.get(live.url + "/v2/health/ready", timeout=10).ok
-                probes.append(time.monotonic() - started)
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            for client in clients:
-                client.join()
-        assert max(probes) < one_batch, (probes, one_batch)
+        time.sleep(4 * one_batch)
+        for _ in range(20):
+            started = time.monotonic()
+            assert requests.get(live.url + "/v2/health/ready", timeout=10).ok
+            probes.append(time.monotonic() - started)
+            time.sleep(0.05)
     finally:
-        assert live.stop() == 0
+        stop.set()
+        for client in clients:
+            client.join()
+    assert max(probes) < one_batch, (probes, one_batch)
 
 
 def test_large_answers_are_gzipped_on_the_wire(server: ServerProcess) -> None:
