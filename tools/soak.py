@@ -2,10 +2,11 @@
 
     python -m tools.soak --seconds 60 --clients 8 --json soak.json
 
-Every answer is checked: a valid body must come back byte-for-byte as it did before the load
-began, an invalid one with its expected status. Faults, in order: SIGKILL one worker at 30% of
-the run, SIGHUP (reload) at 60%, SIGTERM at 90% while the clients keep sending. Each client
-opens a connection per request, so the faults hit connections in every state.
+Every answer is checked: valid and invalid bodies alike must be answered with their expected
+status and, byte for byte, the body the server gave them before the load began. Faults, in
+order: SIGKILL one worker at 30% of the run, SIGHUP (reload) at 60%, SIGTERM at 90% while the
+clients keep sending. Each client opens a connection per request, so the faults hit connections
+in every state.
 """
 
 import argparse
