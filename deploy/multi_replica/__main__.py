@@ -29,7 +29,7 @@ from harness.bodies import COMMITTED_MODELS, prediction_calls, with_answers
 REPLICAS = 3
 # The body sizes a droid sends, to every prediction endpoint: one sample, or a batch of 100.
 BATCH_ROWS = (1, 100)
-QUICK = Mode(1.0, 1.0, 1.5, 2.0, compare_without_retries=False)
+QUICK = Mode(1.0, 1.0, 1.5, 4.0, compare_without_retries=False)
 FULL = Mode(15.0, 10.0, 20.0, 20.0, compare_without_retries=True)
 
 
