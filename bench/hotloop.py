@@ -31,7 +31,8 @@ from unittest import mock
 
 import uvloop
 
-from bench.bodies import ENDPOINTS, documents
+from bench.bodies import ENDPOINTS
+from harness.bodies import documents
 from serve.metrics import Metrics
 
 AsgiApp = Callable[[dict, Callable, Callable], Awaitable[None]]

@@ -4,22 +4,18 @@ Both run for a fixed time against one URL with N connections, cycling through th
 either keeping each connection open (keep-alive) or opening one per request (close).
 """
 
-import http.client
 import json
 import os
 import shutil
-import statistics
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+import harness.load
+from harness.load import Call
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
 RESULT_MARK = "BENCH_RESULT "
-# A hard cap on what one client thread sends, on top of the time limit.
-MAX_REQUESTS_PER_CONNECTION = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -105,72 +101,28 @@ def _own_cpu() -> float:
     return times.user + times.system
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    """The value below which `fraction` of the sorted values lie (nearest rank); 0 when empty."""
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
-
-
 def run_python(
     url: str, bodies: list[Path], connections: int, seconds: float, keep_alive: bool
 ) -> LoadResult:
-    """The fallback: one thread per connection with http.client. The GIL caps what it can send,
-    so its figures show the client's limits more than the server's; fine for a smoke run."""
-    parts = urlsplit(url)
-    payloads = [path.read_bytes() for path in bodies]
-    headers = {"Content-Type": "application/json"}
-    if not keep_alive:
-        headers["Connection"] = "close"
-    latencies: list[float] = []
-    counts = {"http": 0, "unavailable": 0, "socket": 0}
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def client() -> None:
-        mine, http_errors, unavailable, socket_errors = [], 0, 0, 0
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-        for i in range(MAX_REQUESTS_PER_CONNECTION):
-            if time.perf_counter() >= deadline:
-                break
-            started = time.perf_counter()
-            try:
-                connection.request("POST", parts.path, payloads[i % len(payloads)], headers)
-                response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                socket_errors += 1
-                connection.close()
-                continue
-            mine.append((time.perf_counter() - started) * 1000)
-            unavailable += response.status == 503
-            http_errors += response.status >= 400 and response.status != 503
-            if not keep_alive:
-                connection.close()
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-            counts["http"] += http_errors
-            counts["unavailable"] += unavailable
-            counts["socket"] += socket_errors
-
-    started, cpu_before = time.perf_counter(), _own_cpu()
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    """The fallback: the shared Python client, one thread per connection. The GIL caps what it
+    can send, so its figures show the client's limits more than the server's; fine for a smoke
+    run."""
+    calls = [Call("", path.read_bytes()) for path in bodies]
+    cpu_before = _own_cpu()
+    tally, elapsed = harness.load.run_load(
+        url, calls, connections, seconds, keep_alive=keep_alive, timeout=5.0
+    )
+    latency = tally.latency_ms()
     return LoadResult(
-        requests=len(latencies),
+        requests=len(tally.latencies),
         seconds=elapsed,
-        http_errors=counts["http"],
-        unavailable=counts["unavailable"],
-        socket_errors=counts["socket"],
-        p50_ms=statistics.median(latencies) if latencies else 0.0,
-        p99_ms=_percentile(latencies, 0.99),
-        max_ms=latencies[-1] if latencies else 0.0,
+        http_errors=sum(n for status, n in tally.by_status.items() if status >= 400)
+        - tally.by_status[503],
+        unavailable=tally.by_status[503],
+        socket_errors=len(tally.failures),
+        p50_ms=latency["p50_ms"],
+        p99_ms=latency["p99_ms"],
+        max_ms=latency["max_ms"],
         client_cpu_s=_own_cpu() - cpu_before,
     )
 

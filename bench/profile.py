@@ -22,7 +22,8 @@ from pathlib import Path
 from bench.bodies import ENDPOINTS, write_bodies
 from bench.hotloop import APP_BUDGET_US, TELEMETRY_BUDGET_US
 from bench.load import LUA_SCRIPT
-from bench.servers import REPO_ROOT, RunningServer, code_state, loadavg, server_specs
+from bench.servers import code_state, loadavg, server_specs, start
+from harness.server import REPO_ROOT
 
 # (category, file part, function part): the innermost frame that matches names the category.
 RULES = (
@@ -178,7 +179,7 @@ def live_view(endpoint: str, rows: int, args, env: dict[str, str], raw_dir: Path
     bodies = write_bodies(raw_dir / "bodies", endpoint, rows)
     spec = server_specs(env, None, None)["service"]
     probe = write_bodies(raw_dir / "bodies", "sklearn", 1)[0].path.read_bytes()
-    server = RunningServer(spec, probe)
+    server = start(spec, probe)
     raw = raw_path(raw_dir, "live", endpoint, rows)
     try:
         load = subprocess.Popen(

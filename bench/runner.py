@@ -22,7 +22,8 @@ from typing import TypeVar
 from bench import scenarios
 from bench.bodies import Body, write_bodies
 from bench.load import LoadResult, run_load
-from bench.servers import RunningServer, ServerSpec, listen_overflows, request
+from bench.servers import ServerSpec, listen_overflows, start
+from harness.server import ServerProcess, request
 
 KEEP_ALIVE = "keep-alive"
 CLOSE = "close"
@@ -65,7 +66,7 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def observed(server: RunningServer, load: Callable[[], T]) -> tuple[T, dict]:
+def observed(server: ServerProcess, load: Callable[[], T]) -> tuple[T, dict]:
     """Runs `load`; returns its result with each worker's CPU seconds spent meanwhile and the
     connections the kernel dropped from full accept queues."""
     cpu_before, dropped_before = server.worker_cpu_seconds(), listen_overflows()
@@ -92,7 +93,7 @@ def load_fields(result: LoadResult) -> dict:
     }
 
 
-def run_cell(plan: Plan, server: RunningServer, cell: Cell, bodies: list[Body]) -> dict:
+def run_cell(plan: Plan, name: str, server: ServerProcess, cell: Cell, bodies: list[Body]) -> dict:
     url = f"http://127.0.0.1:{server.port}/{cell.endpoint}"
     paths = [body.path for body in bodies]
     result, facts = observed(
@@ -108,7 +109,7 @@ def run_cell(plan: Plan, server: RunningServer, cell: Cell, bodies: list[Body]) 
         ),
     )
     return {
-        "server": server.spec.name,
+        "server": name,
         "endpoint": cell.endpoint,
         "rows": cell.rows,
         "client": cell.client,
@@ -120,7 +121,7 @@ def run_cell(plan: Plan, server: RunningServer, cell: Cell, bodies: list[Body]) 
     }
 
 
-def run_scenarios(plan: Plan, server: RunningServer, body: Body) -> list[dict]:
+def run_scenarios(plan: Plan, server: ServerProcess, body: Body) -> list[dict]:
     """Overload (with probes), then slow clients, on one server; one record each."""
     path = f"/{body.endpoint}"
     (result, probes), facts = observed(
@@ -161,10 +162,10 @@ def run_plan(plan: Plan, body_dir: Path, log: Callable[[str], None] = _progress)
     names = list(plan.servers)
     measurements, scenario_runs, server_rounds = [], [], []
     for round_index in range(plan.rounds):
-        running: dict[str, RunningServer] = {}
+        running: dict[str, ServerProcess] = {}
         try:
             for name in names:
-                running[name] = RunningServer(plan.servers[name], one_row.path.read_bytes())
+                running[name] = start(plan.servers[name], one_row.path.read_bytes())
                 log(f"round {round_index + 1}: {name} ready in {running[name].ready_seconds:.2f}s")
             idle_rss = {}
             for name, server in running.items():
@@ -177,7 +178,7 @@ def run_plan(plan: Plan, body_dir: Path, log: Callable[[str], None] = _progress)
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for cell in plan.cells:
                 for name in order:
-                    m = run_cell(plan, running[name], cell, bodies[cell.endpoint, cell.rows])
+                    m = run_cell(plan, name, running[name], cell, bodies[cell.endpoint, cell.rows])
                     measurements.append({"round": round_index, **m})
                     log(
                         f"round {round_index + 1}: {name:<10} /{cell.endpoint:<9} "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import LoadResult, run_load
-from bench.servers import request
+from harness.server import request
 
 OVERLOAD_CONNECTIONS = 256
 PROBE_PATH = "/v2/health/ready"

@@ -1,4 +1,5 @@
-"""Starting, probing and stopping the servers under test, each a gunicorn master and its workers.
+"""The servers the bench compares, each a gunicorn master and its workers, and facts about the
+machine and code measured.
 
 All of them run with serve/gunicorn.conf.py, so workers, keep-alive and timeouts are the
 service's own. The service and the ASGI floor also share its worker class; the WSGI floor and
@@ -7,30 +8,22 @@ which outranks the config file.
 """
 
 import hashlib
-import http.client
-import os
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.server import REPO_ROOT, SERVE, ServerProcess
 from serve.metrics import FOLDER_ENV
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO_ROOT / "serve" / "gunicorn.conf.py"
 GTHREAD = "--worker-class gthread --threads 4"
 # Inherited values that would make the servers differ from each other or share state.
 _SCRUBBED_ENV = ("GUNICORN_CMD_ARGS", FOLDER_ENV)
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server: the command line and what it adds to the shared environment."""
+    """How to start one server: the arguments to python and what it adds to the environment."""
 
     name: str
     command: tuple[str, ...]
@@ -41,8 +34,7 @@ def server_specs(
     base_env: dict[str, str], sklearn_model: Path | None, pytorch_model: Path | None
 ) -> dict[str, ServerSpec]:
     """The service, the ASGI floor (the service's worker), the WSGI floor and native (gthread)."""
-    python = sys.executable
-    gunicorn = (python, "-m", "gunicorn", "--config", str(GUNICORN_CONF))
+    gunicorn = ("-m", "gunicorn", "--config", str(GUNICORN_CONF))
     gthread = {**base_env, "GUNICORN_CMD_ARGS": GTHREAD}
     native_env = {}
     if sklearn_model and pytorch_model:
@@ -58,61 +50,8 @@ def server_specs(
     }
     specs = {name: ServerSpec(name, (*gunicorn, app), env) for name, (app, env) in apps.items()}
     # The real entry point: the start-up checks first, then gunicorn with the same config.
-    specs["service"] = ServerSpec("service", (python, "-m", "serve"), apps["service"][1])
+    specs["service"] = ServerSpec("service", SERVE, apps["service"][1])
     return specs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def request(
-    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
-    """One request on a fresh connection: status and body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat from field 3 on: the command name may hold spaces or parentheses."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is pid (gunicorn's workers are the master's children)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int(_stat_fields(int(entry.name))[1])
-        except OSError:
-            continue
-        if parent == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of one process so far."""
-    fields = _stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory (VmRSS) of one process in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def listen_overflows() -> int:
@@ -155,80 +94,14 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def waits_in_epoll(pid: int) -> bool:
-    """Whether the process sleeps in epoll_wait: a gunicorn worker there has booted and is idle
-    (the asyncio loop and gthread's poller both wait in epoll)."""
-    return Path(f"/proc/{pid}/wchan").read_text() == "do_epoll_wait"
-
-
-class RunningServer:
-    """A started server: its port, its time from spawn to first answer, its workers."""
-
-    def __init__(self, spec: ServerSpec, probe: bytes, ready_timeout: float = 60.0):
-        self.spec = spec
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        env.update(spec.env)
-        env.update({"HOST": "127.0.0.1", "PORT": str(self.port)})
-        # stdout holds one access-log line per request: dropped, as a log shipper would take it.
-        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the server)
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            spec.command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            start_new_session=True,
-        )
-        self._wait_ready(probe, started + ready_timeout)
-        self.ready_seconds = time.perf_counter() - started
-
-    @property
-    def output(self) -> str:
-        self._log.seek(0)
-        return self._log.read()
-
-    def _wait_ready(self, probe: bytes, deadline: float) -> None:
-        """Polls POST /sklearn until one answers 200: readiness as a client sees it."""
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited early:\n{self.output[-3000:]}")
-            try:
-                if request(self.port, "POST", "/sklearn", probe, timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.01)
-        output = self.output
-        self.stop()
-        raise RuntimeError(f"{self.spec.name} not ready in time:\n{output[-3000:]}")
-
-    def worker_pids(self) -> list[int]:
-        return children(self.process.pid)
-
-    def wait_idle(self, timeout: float = 10.0) -> None:
-        """Waits (at most `timeout`) until every worker has booted and sleeps, so idle memory is
-        read after the models are loaded: the first answer comes from one worker while others
-        may still boot."""
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            if all(waits_in_epoll(pid) for pid in self.worker_pids()):
-                return
-            time.sleep(0.05)
-
-    def worker_rss_mb(self) -> list[float]:
-        return [rss_mb(pid) for pid in self.worker_pids()]
-
-    def worker_cpu_seconds(self) -> dict[int, float]:
-        return {pid: cpu_seconds(pid) for pid in self.worker_pids()}
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+def start(spec: ServerSpec, probe: bytes) -> ServerProcess:
+    """The server started and ready: POST /sklearn answered 200, readiness as a client sees it.
+    Its stdout (one access-log line per request) is dropped, as a log shipper would take it."""
+    server = ServerProcess(
+        spec.env,
+        spec.command,
+        scrub=_SCRUBBED_ENV,
+        ready_probe=("POST", "/sklearn", probe),
+        keep_stdout=False,
+    )
+    return server.wait_ready()

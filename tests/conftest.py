@@ -1,10 +1,12 @@
 """Fixtures shared by the whole suite."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness.server import REPO_ROOT, ServerProcess
+
 HANDOUT_DIR = REPO_ROOT.parent / "shared" / "handout"
 
 
@@ -22,3 +24,24 @@ def handout_dir() -> Path:
     ):
         pytest.skip(f"handout models not found in {HANDOUT_DIR} (expected beside the checkout)")
     return HANDOUT_DIR
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """The service as shipped (`python -m serve`, 2 workers, default settings), started once for
+    every end-to-end test that needs no settings of its own; a module that does overrides
+    `server` with its own. It must stop cleanly and never have logged a traceback."""
+    live = ServerProcess().wait_ready()
+    yield live
+    assert live.stop() == 0, live.output[-3000:]
+    assert "Traceback" not in live.output
+
+
+@pytest.fixture(scope="session")
+def one_worker_server() -> Iterator[ServerProcess]:
+    """The service with a single worker, otherwise as shipped: for the tests that load one
+    worker and watch it (its memory, its probes)."""
+    live = ServerProcess({"WORKERS": "1"}).wait_ready()
+    yield live
+    assert live.stop() == 0, live.output[-3000:]
+    assert "Traceback" not in live.output

@@ -6,8 +6,8 @@ import json
 import zlib
 
 import pytest
+from fakes import LABELS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
-from test_app import LABELS, SKLEARN_ROWS, FakeClassifier
 
 from serve.app import create_app
 from serve.compression import accepts_gzip

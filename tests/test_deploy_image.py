@@ -13,12 +13,12 @@ import venv
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-from live_server import REPO_ROOT, LiveServer
-from onnx_builders import IDENTITY_WEIGHTS, softmax_model, write_models_dir
-from test_deploy_manifests import Stage, copy_args, env_args, exec_form, read_stages
+from deploy_files import Stage, copy_args, env_args, exec_form, read_stages
+from served import exported_models
+
+from harness.server import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -26,21 +26,6 @@ BUILD_TIME = ("torch", "scikit-learn", "skl2onnx", "onnx", "joblib", "scipy")
 # What the runtime needs is well under this; any one build-time framework is far over it.
 MAX_SITE_PACKAGES_BYTES = 200 * 1024 * 1024
 ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17], [0.38, 0.04, 0.21, 0.98]]
-
-
-def exported_models(tmp_path: Path) -> Path:
-    """The folder `make export` writes: this checkout's, once it holds exported models; before
-    that, a stand-in with small hand-built models of the same contract."""
-    exported = REPO_ROOT / "onnx_models"
-    if (exported / "manifest.json").is_file():
-        return exported
-    return write_models_dir(
-        tmp_path / "build-stage" / "onnx_models",
-        {
-            "sklearn": softmax_model(IDENTITY_WEIGHTS),
-            "pytorch": softmax_model(IDENTITY_WEIGHTS, dtype=np.float32),
-        },
-    )
 
 
 @dataclass
@@ -111,7 +96,7 @@ def replay(runtime: Stage, build_workdir: str, build_root: Path, root: Path) -> 
     return image
 
 
-def wait_for_workers(live: LiveServer, timeout: float = 60.0) -> None:
+def wait_for_workers(live: ServerProcess, timeout: float = 60.0) -> None:
     """gunicorn listens before its workers have booted (imports, model loads, warm-up): wait
     with a generous read timeout, so a slow first boot is not taken for a failure."""
     deadline = time.monotonic() + timeout
@@ -166,9 +151,9 @@ def test_runtime_stage_serves_from_a_fresh_venv(tmp_path: Path) -> None:
     assert size < MAX_SITE_PACKAGES_BYTES
 
     (cmd,) = runtime.args("CMD")
-    assert exec_form(cmd) == ["python", "-m", "serve"]  # what LiveServer runs
+    assert exec_form(cmd) == ["python", "-m", "serve"]  # what ServerProcess runs
     server_env = {k: v for k, v in image.env.items() if k != "PORT"}
-    live = LiveServer(env=server_env, python=image.python, cwd=image.workdir)
+    live = ServerProcess(env=server_env, python=image.python, cwd=image.workdir)
     try:
         wait_for_workers(live)
         live.wait_ready()

@@ -12,9 +12,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from test_deploy_manifests import (
+from deploy_files import (
     KUBERNETES_VERSIONS,
-    REPO_ROOT,
     check_locked_down_as_the_image_user,
     check_port,
     check_probe_and_metrics_paths,
@@ -25,6 +24,8 @@ from test_deploy_manifests import (
     pod_template,
     security_context,
 )
+
+from harness.server import REPO_ROOT
 
 KSERVE_DIR = REPO_ROOT / "deploy" / "kserve"
 

@@ -1,4 +1,4 @@
-"""deploy/multi_replica.py --quick: three replicas behind nginx, one killed under load and
+"""python -m deploy.multi_replica --quick: three replicas behind nginx, one killed under load and
 restarted; clients get only right answers and lose at most the requests in flight."""
 
 import json
@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import REPO_ROOT
-from test_deploy_image import exported_models
+from served import exported_models
+
+from harness.server import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = REPO_ROOT / "deploy" / "multi_replica.py"
 CLIENT_THREADS = 8
 
 
@@ -27,9 +27,11 @@ def nginx_available() -> bool:
 @pytest.mark.skipif(not nginx_available(), reason="nginx is not installed and cannot be (not root)")
 def test_quick_run_loses_nothing_and_scales_to_three(tmp_path: Path) -> None:
     report_path = tmp_path / "multi-replica.json"
-    command = [sys.executable, str(SCRIPT), "--quick", "--json", str(report_path)]
+    command = [sys.executable, "-m", "deploy.multi_replica", "--quick", "--json", str(report_path)]
     command += ["--models-dir", str(exported_models(tmp_path))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_path.read_text())
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import skl2onnx
-from export_helpers import run_concurrently
+from export_helpers import run_forked
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import (
     AdaBoostClassifier,
@@ -149,15 +149,14 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
         out.parent.mkdir()
     commands = {
         "exported": (
-            "export",
             *(arg for name in exported for arg in ("--model", f"{name}={sources / name}.joblib")),
             *("--out", str(outs["exported"])),
         )
     }
     for name in REFUSED:
         model = f"{name}={sources / name}.joblib"
-        commands[name] = ("export", "--model", model, "--out", str(outs[name]))
-    return Exports(sources, models, flipped_row, run_concurrently(commands), outs)
+        commands[name] = ("--model", model, "--out", str(outs[name]))
+    return Exports(sources, models, flipped_row, run_forked("export", commands), outs)
 
 
 def _manifest(exports: Exports) -> dict:

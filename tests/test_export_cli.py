@@ -18,6 +18,7 @@ from export_helpers import (
     STAND_IN_PYTORCH,
     STAND_IN_SKLEARN,
     run_concurrently,
+    run_forked,
     snapshot,
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -230,9 +231,9 @@ def case_results(
         if name == "out-holds-other-files":
             (folder / "out" / "notes.txt").write_text("keep me\n")
         args = [arg.format(bad=bad) for arg in case.args]
-        commands[name] = ("export", *args, "--out", str(folder / case.out))
+        commands[name] = (*args, "--out", str(folder / case.out))
         folders[name] = (folder, snapshot(folder))
-    results = run_concurrently(commands)
+    results = run_forked("export", commands)
     return {name: (*folders[name], results[name]) for name in CASES}
 
 

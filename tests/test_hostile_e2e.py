@@ -5,50 +5,48 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
-from live_server import LiveServer
-from test_operate_e2e import rss_kib, worker_pids
+
+from harness.server import ServerProcess, rss_mb
 
 pytestmark = pytest.mark.e2e
 ROW = [0.92, 0.12, 0.31, 0.09]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer().wait_ready()
-    yield live
-    live.stop()
-
-
-def post(server: LiveServer, path: str, body: bytes) -> requests.Response:
+def post(server: ServerProcess, path: str, body: bytes) -> requests.Response:
     return requests.post(server.url + path, data=body, timeout=60)
 
 
-def assert_still_serving(server: LiveServer) -> None:
+def assert_still_serving(server: ServerProcess) -> None:
     response = requests.post(server.url + "/sklearn", json={"crystalData": [ROW]}, timeout=10)
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/sklearn", "/astromech"])
-def test_deeply_nested_json(server: LiveServer, path: str) -> None:
+def test_deeply_nested_json(server: ServerProcess, path: str) -> None:
     depth = 100_000
-    for body in (
-        b"[" * depth + b"]" * depth,
-        b'{"crystalData": ' + b"[" * depth + b"]" * depth + b"}",
-        b'{"x": ' + b"[" * depth + b"]" * depth + b', "crystalData": [[1, 2, 3, 4]]}',
+    for body, description in (
+        (b"[" * depth + b"]" * depth, "Expected `object`, got `array`"),
+        (
+            b'{"crystalData": ' + b"[" * depth + b"]" * depth + b"}",
+            "Expected `float`, got `array` - at `$.crystalData[0][0]`",
+        ),
+        (
+            b'{"x": ' + b"[" * depth + b"]" * depth + b', "crystalData": [[1, 2, 3, 4]]}',
+            "JSON body is nested too deeply",
+        ),
     ):
         response = post(server, path, body)
-        assert response.status_code in (400, 422)
-        assert response.json()["title"]
+        assert response.status_code == 422
+        assert response.json() == {"title": "Invalid crystal data", "description": description}
     assert "RecursionError" not in server.output
     assert "Traceback" not in server.output
     assert_still_serving(server)
 
 
-def test_ten_megabyte_string(server: LiveServer) -> None:
+def test_ten_megabyte_string(server: ServerProcess) -> None:
     body = json.dumps({"crystalData": [[0, 0, 0, "x" * (10 * 1024 * 1024)]]}).encode()
     response = post(server, "/pytorch", body)
     assert response.status_code == 422
@@ -56,7 +54,7 @@ def test_ten_megabyte_string(server: LiveServer) -> None:
     assert_still_serving(server)
 
 
-def test_a_million_tiny_rows(server: LiveServer) -> None:
+def test_a_million_tiny_rows(server: ServerProcess) -> None:
     body = b'{"crystalData": [' + b",".join([b"[0,0,0,0]"] * 1_000_000) + b"]}"
     response = post(server, "/sklearn", body)
     assert response.status_code == 413
@@ -67,12 +65,12 @@ def test_a_million_tiny_rows(server: LiveServer) -> None:
 @pytest.mark.parametrize(
     "body", [b'{"crystalData": [[1, 2, 3, 4]], "model": "\xff\xfe"}', b"\xc3\x28", b"\xed\xa0\x80"]
 )
-def test_invalid_utf8(server: LiveServer, body: bytes) -> None:
+def test_invalid_utf8(server: ServerProcess, body: bytes) -> None:
     assert post(server, "/astromech", body).status_code in (400, 422)
     assert_still_serving(server)
 
 
-def test_slow_client_does_not_block_others(server: LiveServer) -> None:
+def test_slow_client_does_not_block_others(server: ServerProcess) -> None:
     body = json.dumps({"crystalData": [ROW]}).encode()
     head = f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     slow_answer = []
@@ -97,19 +95,16 @@ def test_slow_client_does_not_block_others(server: LiveServer) -> None:
     assert slow_answer and slow_answer[0].startswith(b"HTTP/1.1 200")
 
 
-def test_memory_plateaus_under_repeated_large_batches() -> None:
+def test_memory_plateaus_under_repeated_large_batches(one_worker_server: ServerProcess) -> None:
     """The allocator keeps the peak of a 100,000-row request (about 200 MiB, wobbling by up to
     ~16 MiB with fragmentation); repeating it must not grow it. A leak of even one 1.8 MB body
     per request would add 72 MiB over the 40 measured requests."""
-    live = LiveServer({"WORKERS": "1"}).wait_ready()
-    try:
-        body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
-        for _ in range(20):  # reach the worker's peak
-            assert post(live, "/pytorch", body).status_code == 200
-        (pid,) = worker_pids(live)
-        plateau = rss_kib(pid)
-        for _ in range(40):
-            assert post(live, "/pytorch", body).status_code == 200
-        assert rss_kib(pid) - plateau < 24 * 1024, "the worker kept growing"
-    finally:
-        live.stop()
+    live = one_worker_server
+    body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+    for _ in range(20):  # reach the worker's peak
+        assert post(live, "/pytorch", body).status_code == 200
+    (pid,) = live.worker_pids()
+    plateau = rss_mb(pid)
+    for _ in range(40):
+        assert post(live, "/pytorch", body).status_code == 200
+    assert rss_mb(pid) - plateau < 24, "the worker kept growing"

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import pytest
 import requests
 import yaml
-from live_server import REPO_ROOT, LiveServer, free_port
+
+from harness.server import REPO_ROOT, ServerProcess, free_port
+from serve.settings import Settings
 
 MONITORING_DIR = REPO_ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING_DIR / "dashboard.json"
@@ -349,7 +351,7 @@ class Prometheus:
 
 
 class Stack:
-    def __init__(self, server: LiveServer, prometheus: Prometheus):
+    def __init__(self, server: ServerProcess, prometheus: Prometheus):
         self.server = server
         self.prometheus = prometheus
         self.ready_at = time.time()
@@ -375,13 +377,6 @@ def send_traffic(url: str) -> None:
             assert session.get(url + "/no/such/path", timeout=10).status_code == 404
 
 
-def worker_pids(server: LiveServer) -> list[int]:
-    pid = server.process.pid
-    return sorted(
-        int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    )
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The server and a Prometheus that has scraped two rounds of traffic: every counter the
@@ -389,14 +384,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_prometheus()
     workdir = tmp_path_factory.mktemp("prometheus")
     with contextlib.ExitStack() as cleanup:
-        server = LiveServer().wait_ready()
+        server = ServerProcess().wait_ready()
         cleanup.callback(server.stop)
         prometheus = Prometheus(workdir, f"127.0.0.1:{server.port}")
         cleanup.callback(prometheus.stop)
         prometheus.wait_ready()
         for _ in range(2):
             send_traffic(server.url)
-            prometheus.wait_for_scrape_after(time.time())
+            # Once every worker has published the traffic (each does every second).
+            prometheus.wait_for_scrape_after(
+                time.time() + Settings.from_env({}).metrics_flush_seconds
+            )
         yield Stack(server, prometheus)
 
 
@@ -438,7 +436,7 @@ def test_rules_evaluate_on_live_data_and_stay_quiet_on_a_healthy_service(stack: 
 @pytest.mark.e2e
 def test_a_killed_worker_fires_the_restart_alert(stack: Stack) -> None:
     assert "CrystalWorkerRestarts" not in stack.prometheus.firing()
-    os.kill(worker_pids(stack.server)[0], signal.SIGKILL)
+    os.kill(stack.server.worker_pids()[0], signal.SIGKILL)
     poll(
         lambda: "CrystalWorkerRestarts" in stack.prometheus.firing(),
         30,

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import pytest
+from fakes import LABELS, ROWS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
-from test_app import LABELS, ROWS, SKLEARN_ROWS, FakeClassifier
 
 from serve.app import create_app
 from serve.body import read_body
@@ -106,6 +106,17 @@ def test_unknown_model_is_404_in_the_protocols_shape(client: testing.TestClient,
                 "description": "GET is not allowed on /sklearn; use POST, OPTIONS",
             },
         ),
+        *(
+            (
+                method,
+                "/sklearn",
+                {
+                    "title": "405 Method Not Allowed",
+                    "description": f"{method} is not allowed on /sklearn; use POST, OPTIONS",
+                },
+            )
+            for method in ("DELETE", "PATCH")
+        ),
         (
             "PUT",
             "/astromech",
@@ -129,8 +140,10 @@ def test_unknown_model_is_404_in_the_protocols_shape(client: testing.TestClient,
 def test_405_names_the_allowed_methods_in_the_protocols_shape(
     client: testing.TestClient, method: str, path: str, body: dict
 ) -> None:
-    result = client.simulate_request(method, path)
+    """JSON whatever the client accepts."""
+    result = client.simulate_request(method, path, headers={"Accept": "application/xml"})
     assert result.status_code == 405
+    assert result.headers["content-type"] == "application/json"
     assert result.json == body
     assert result.headers["Allow"] == body.get("description", body.get("error")).split("use ")[1]
 

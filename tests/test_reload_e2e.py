@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from live_server import REPO_ROOT, LiveServer
 from onnx_builders import IDENTITY_WEIGHTS, softmax_model, write_models_dir
-from test_operate_e2e import worker_pids
-from test_serve_e2e import copy_models
+from served import copy_models
+
+from harness.server import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e
 ROWS = {"crystalData": [[0.92, 0.12, 0.31, 0.09]]}
@@ -26,7 +26,7 @@ def committed_versions() -> dict[str, str]:
     return {name: entry["sha256"][:12] for name, entry in manifest["models"].items()}
 
 
-def served_versions(live: LiveServer, times: int = 20) -> set[str]:
+def served_versions(live: ServerProcess, times: int = 20) -> set[str]:
     """The X-Model-Version of `times` predictions from both models, over fresh connections."""
     seen = set()
     for _ in range(times):
@@ -37,19 +37,19 @@ def served_versions(live: LiveServer, times: int = 20) -> set[str]:
     return seen
 
 
-def wait_for(live: LiveServer, text: str, seconds: float = 30.0) -> None:
+def wait_for(live: ServerProcess, text: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while text not in live.output:
         assert time.monotonic() < deadline, f"{text!r} never logged:\n{live.output[-2000:]}"
         time.sleep(0.1)
 
 
-def replace_worker(live: LiveServer) -> None:
+def replace_worker(live: ServerProcess) -> None:
     """SIGKILL one worker and wait for gunicorn to fork its replacement."""
-    before = worker_pids(live)
+    before = live.worker_pids()
     os.kill(before[0], signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while (pids := worker_pids(live)) == before or len(pids) != len(before):
+    while (pids := live.worker_pids()) == before or len(pids) != len(before):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     live.wait_ready()
@@ -57,7 +57,7 @@ def replace_worker(live: LiveServer) -> None:
 
 def test_every_prediction_names_its_model_and_version() -> None:
     versions = committed_versions()
-    live = LiveServer().wait_ready()
+    live = ServerProcess().wait_ready()
     try:
         for path, body, model in (
             ("/sklearn", ROWS, "sklearn"),
@@ -78,7 +78,7 @@ def test_reload_with_broken_files_keeps_serving_the_old_models(tmp_path: Path) -
     models = copy_models(tmp_path)
     versions = committed_versions()
     expected = {f"sklearn/{versions['sklearn']}", f"pytorch/{versions['pytorch']}"}
-    live = LiveServer({"MODELS_DIR": str(models)}).wait_ready()
+    live = ServerProcess({"MODELS_DIR": str(models)}).wait_ready()
     try:
         assert served_versions(live) == expected
         data = bytearray((models / "pytorch.onnx").read_bytes())
@@ -97,7 +97,7 @@ def test_reload_with_broken_files_keeps_serving_the_old_models(tmp_path: Path) -
 
 def test_reload_with_new_models_switches_every_worker(tmp_path: Path) -> None:
     models = copy_models(tmp_path)
-    live = LiveServer({"MODELS_DIR": str(models)}).wait_ready()
+    live = ServerProcess({"MODELS_DIR": str(models)}).wait_ready()
     try:
         new = {
             "sklearn": softmax_model(IDENTITY_WEIGHTS),

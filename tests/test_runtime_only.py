@@ -5,7 +5,7 @@ the image's runtime stage."""
 import subprocess
 import sys
 
-from live_server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 BUILD_TIME = ("torch", "sklearn", "skl2onnx", "joblib", "onnx", "scipy")
 ROWS = [[0.92, 0.12, 0.31, 0.09], [0.31, 0.54, 0.78, 0.17]]

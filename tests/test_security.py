@@ -5,8 +5,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from fakes import LABELS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
-from test_app import LABELS, SKLEARN_ROWS, FakeClassifier
 
 from serve.app import create_app
 

@@ -4,14 +4,14 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from live_server import REPO_ROOT, LiveServer
+from served import copy_models, strict_json
 
+from harness.server import REPO_ROOT, ServerProcess
 from serve.manifest import read_manifest
 
 pytestmark = pytest.mark.e2e
@@ -21,20 +21,8 @@ LABELS = ["blue", "green", "yellow"]
 MODELS = [model_file.name for model_file in read_manifest(REPO_ROOT / "onnx_models")]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer().wait_ready()
-    yield live
-    live.stop()
-
-
-def strict_json(response: requests.Response) -> object:
-    assert response.headers["Content-Type"] == "application/json"
-    return json.loads(response.content, parse_constant=lambda c: pytest.fail(f"{c} in body"))
-
-
 @pytest.mark.parametrize("model", MODELS)
-def test_model_endpoints(server: LiveServer, model: str) -> None:
+def test_model_endpoints(server: ServerProcess, model: str) -> None:
     response = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
     assert response.status_code == 200
     body = strict_json(response)
@@ -46,7 +34,7 @@ def test_model_endpoints(server: LiveServer, model: str) -> None:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_astromech_matches_direct_endpoint(server: LiveServer, model: str) -> None:
+def test_astromech_matches_direct_endpoint(server: ServerProcess, model: str) -> None:
     direct = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
     routed = requests.post(
         f"{server.url}/astromech", json={"crystalData": ROWS, "model": model}, timeout=10
@@ -55,7 +43,7 @@ def test_astromech_matches_direct_endpoint(server: LiveServer, model: str) -> No
     assert routed.content == direct.content
 
 
-def test_body_without_content_type(server: LiveServer) -> None:
+def test_body_without_content_type(server: ServerProcess) -> None:
     response = requests.post(
         server.url + "/sklearn", data=json.dumps({"crystalData": ROWS}).encode(), timeout=10
     )
@@ -63,33 +51,98 @@ def test_body_without_content_type(server: LiveServer) -> None:
     assert response.status_code == 200
 
 
+INVALID_DATA = "Invalid crystal data"
+INVALID_MODEL = "Invalid model"
+
+
 @pytest.mark.parametrize(
-    ("path", "body", "status"),
+    ("path", "body", "status", "title", "description"),
     [
-        ("/sklearn", b'{"crystalData": [[1, 2, 3]]}', 422),
-        ("/pytorch", b'{"crystalData": [[1, 2, 3, 1e39]]}', 422),
-        ("/pytorch", b'{"crystalData": [[1, 2, 3, NaN]]}', 422),
-        ("/sklearn", b'{"crystalData": [[1, 2, 3, 1e400]]}', 422),
-        ("/sklearn", b'{"crystalData": ', 422),
-        ("/astromech", b'{"crystalData": [[1, 2, 3]], "model": "Sklearn"}', 400),
-        ("/astromech", b'{"crystalData": [[1, 2, 3, 4]]}', 400),
-        ("/astromech", b'{"crystalData": [[1, 2, 3]], "model": "sklearn"}', 422),
-        ("/keras", b'{"crystalData": [[1, 2, 3, 4]]}', 404),
+        (
+            "/sklearn",
+            b'{"crystalData": [[1, 2, 3]]}',
+            422,
+            INVALID_DATA,
+            "Expected `array` of length 4 - at `$.crystalData[0]`",
+        ),
+        (
+            "/pytorch",
+            b'{"crystalData": [[1, 2, 3, 1e39]]}',
+            422,
+            INVALID_DATA,
+            "Expected `float` <= 1000000000000.0 - at `$.crystalData[0][3]`",
+        ),
+        (
+            "/pytorch",
+            b'{"crystalData": [[1, 2, 3, NaN]]}',
+            422,
+            INVALID_DATA,
+            "body is not valid JSON: JSON is malformed: invalid character (byte 27)",
+        ),
+        (
+            "/sklearn",
+            b'{"crystalData": [[1, 2, 3, 1e400]]}',
+            422,
+            INVALID_DATA,
+            "Number out of range - at `$.crystalData[0][3]`",
+        ),
+        (
+            "/sklearn",
+            b'{"crystalData": ',
+            422,
+            INVALID_DATA,
+            "body is not valid JSON: Input data was truncated",
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3]], "model": "Sklearn"}',
+            400,
+            INVALID_MODEL,
+            'model must be "pytorch" or "sklearn", got "Sklearn"',
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3, 4]]}',
+            400,
+            INVALID_MODEL,
+            'model is missing; expected "pytorch" or "sklearn"',
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3]], "model": "sklearn"}',
+            422,
+            INVALID_DATA,
+            "Expected `array` of length 4 - at `$.crystalData[0]`",
+        ),
+        ("/keras", b'{"crystalData": [[1, 2, 3, 4]]}', 404, "404 Not Found", "no route /keras"),
     ],
 )
-def test_error_statuses(server: LiveServer, path: str, body: bytes, status: int) -> None:
+def test_error_statuses(
+    server: ServerProcess, path: str, body: bytes, status: int, title: str, description: str
+) -> None:
     response = requests.post(server.url + path, data=body, timeout=10)
     assert response.status_code == status
-    assert strict_json(response)["title"]
+    assert strict_json(response) == {"title": title, "description": description}
 
 
-def test_get_is_405(server: LiveServer) -> None:
-    response = requests.get(server.url + "/astromech", timeout=10)
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/astromech", "POST, OPTIONS"), ("POST", "/metrics", "GET, OPTIONS")],
+)
+def test_wrong_method_is_405_naming_the_allowed_ones(
+    server: ServerProcess, method: str, path: str, allowed: str
+) -> None:
+    """Through gunicorn as in-process (test_operate.py): the JSON answer and its Allow header."""
+    response = requests.request(method, server.url + path, timeout=10)
     assert response.status_code == 405
-    strict_json(response)
+    assert strict_json(response) == {
+        "title": "405 Method Not Allowed",
+        "description": f"{method} is not allowed on {path}; use {allowed}",
+    }
+    assert response.headers["Allow"] == allowed
 
 
-def test_ten_thousand_rows(server: LiveServer) -> None:
+def test_ten_thousand_rows(server: ServerProcess) -> None:
     rows = np.random.default_rng(7).uniform(0, 1, size=(10_000, 4)).tolist()
     for model in MODELS:
         response = requests.post(
@@ -100,7 +153,7 @@ def test_ten_thousand_rows(server: LiveServer) -> None:
 
 
 def test_sigterm_finishes_in_flight_request() -> None:
-    live = LiveServer().wait_ready()
+    live = ServerProcess().wait_ready()
     body = json.dumps({"crystalData": ROWS}).encode()
     head = (
         f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -122,27 +175,19 @@ def test_sigterm_finishes_in_flight_request() -> None:
         requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=2)
 
 
-def copy_models(tmp_path: Path) -> Path:
-    target = tmp_path / "models"
-    target.mkdir()
-    for path in (REPO_ROOT / "onnx_models").iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
-
-
 def test_refuses_to_start_on_tampered_model(tmp_path: Path) -> None:
     models = copy_models(tmp_path)
     data = bytearray((models / "pytorch.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (models / "pytorch.onnx").write_bytes(bytes(data))
-    live = LiveServer({"MODELS_DIR": str(models)})
+    live = ServerProcess({"MODELS_DIR": str(models)})
     assert live.process.wait(timeout=30) != 0
     assert '"message":"cannot start: model pytorch: checksum mismatch' in live.output
     assert "Traceback" not in live.output
 
 
 def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
-    live = LiveServer({"LABELS_FILE": str(tmp_path / "labels.txt")})
+    live = ServerProcess({"LABELS_FILE": str(tmp_path / "labels.txt")})
     assert live.process.wait(timeout=30) != 0
     assert '"message":"cannot start: labels file' in live.output
 
@@ -150,7 +195,7 @@ def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
 def test_refuses_to_start_when_labels_do_not_fit_the_models(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("blue\ngreen\n")
-    live = LiveServer({"LABELS_FILE": str(labels)})
+    live = ServerProcess({"LABELS_FILE": str(labels)})
     assert live.process.wait(timeout=30) != 0
     assert "has 3 outputs but there are 2 labels" in live.output
     assert "Traceback" not in live.output
@@ -163,7 +208,7 @@ def test_refuses_to_start_on_wrong_input_width(tmp_path: Path) -> None:
         tmp_path / "models",
         {"sklearn": softmax_model(np.ones((5, 3))), "pytorch": softmax_model(np.ones((4, 3)))},
     )
-    live = LiveServer({"MODELS_DIR": str(models)})
+    live = ServerProcess({"MODELS_DIR": str(models)})
     assert live.process.wait(timeout=30) != 0
     assert "model sklearn: input shape is ['batch', 5], expected [batch, 4]" in live.output
     assert "Traceback" not in live.output
@@ -192,7 +237,7 @@ def handout_server(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         check=True,
         capture_output=True,
     )
-    live = LiveServer({"MODELS_DIR": str(out)}).wait_ready()
+    live = ServerProcess({"MODELS_DIR": str(out)}).wait_ready()
     yield live
     live.stop()
 
@@ -206,7 +251,7 @@ PUBLISHED = [
 
 
 def test_handout_models_through_the_server_match_the_frameworks(
-    handout_server: LiveServer, handout_dir: Path
+    handout_server: ServerProcess, handout_dir: Path
 ) -> None:
     import torch
 

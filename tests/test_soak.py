@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import REPO_ROOT
+
+from harness.server import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 CLIENTS = 6
@@ -21,7 +22,7 @@ def test_short_soak(tmp_path: Path) -> None:
             "-m",
             "tools.soak",
             "--seconds",
-            "8",
+            "5",
             "--clients",
             str(CLIENTS),
             "--json",

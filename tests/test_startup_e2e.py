@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from live_server import REPO_ROOT, LiveServer
+
+from harness.server import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 
 def refused(env: dict[str, str]) -> dict:
-    live = LiveServer(env)
+    live = ServerProcess(env)
     assert live.process.wait(timeout=30) == 2
     lines = live.output.splitlines()
     assert len(lines) == 1, live.output
@@ -51,7 +52,7 @@ def test_a_port_in_use_is_one_json_line_and_exit_2() -> None:
 
 def test_a_missing_metrics_dir_is_made(tmp_path: Path) -> None:
     parent = tmp_path / "metrics" / "deeper"
-    live = LiveServer({"METRICS_DIR": str(parent)}).wait_ready()
+    live = ServerProcess({"METRICS_DIR": str(parent)}).wait_ready()
     try:
         assert len(list(parent.glob("crystal-metrics-*"))) == 1
     finally:
@@ -59,7 +60,7 @@ def test_a_missing_metrics_dir_is_made(tmp_path: Path) -> None:
 
 
 def test_every_line_of_a_full_run_is_json() -> None:
-    live = LiveServer().wait_ready()
+    live = ServerProcess().wait_ready()
     requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2, 3, 4]]}, timeout=10)
     requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2]]}, timeout=10)
     requests.get(live.url + "/v2/health/ready", timeout=10)

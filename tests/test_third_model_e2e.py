@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 import requests
 from export_helpers import STAND_IN_PYTORCH, STAND_IN_SKLEARN, run_module
-from live_server import LiveServer
 from prometheus_client.parser import text_string_to_metric_families
+from served import check_answers_against_the_served_spec
 from sklearn.ensemble import RandomForestClassifier
-from test_operate_e2e import check_answers_against_the_served_spec
 
 from export.frameworks.sklearn import TREES
 from export.train_sources import crystals
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Served:
-    live: LiveServer
+    live: ServerProcess
     models_dir: Path
     forest: RandomForestClassifier
 
@@ -65,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         *("--out", str(models_dir)),
     )
     assert result.returncode == 0, result.stderr
-    live = LiveServer({"MODELS_DIR": str(models_dir), "WORKERS": "1"}).wait_ready()
+    live = ServerProcess({"MODELS_DIR": str(models_dir), "WORKERS": "1"}).wait_ready()
     yield Served(live, models_dir, forest)
     live.stop()
 

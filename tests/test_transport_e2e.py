@@ -9,11 +9,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 
 import pytest
 import requests
-from live_server import LiveServer
+
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BODY = json.dumps({"crystalData": [[0.92, 0.12, 0.31, 0.09]]}).encode()
@@ -28,14 +29,14 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer(SETTINGS).wait_ready()
+def server() -> Iterator[ServerProcess]:
+    live = ServerProcess(SETTINGS).wait_ready()
     yield live
     live.stop()
     assert "Traceback" not in live.output
 
 
-def connect(server: LiveServer) -> socket.socket:
+def connect(server: ServerProcess) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -56,7 +57,7 @@ def answer(raw: bytes) -> tuple[int, dict[str, str], object]:
     return int(status_line.split()[1]), headers, json.loads(body)
 
 
-def post_ok(server: LiveServer) -> float:
+def post_ok(server: ServerProcess) -> float:
     """One normal request; its latency in seconds."""
     started = time.monotonic()
     response = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
@@ -64,38 +65,46 @@ def post_ok(server: LiveServer) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Le"])
+def answers_when_closed(server: ServerProcess, sent: list[bytes]) -> list[bytes]:
+    """Opens a connection per item, sends it, and reads each until the server closes it; all at
+    once, so their timeouts run side by side. Each must close between 1.5 and 4 s."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(connect(server)) for _ in sent]
+        started = time.monotonic()
+        for sock, data in zip(socks, sent, strict=True):
+            sock.sendall(data)
+        answers = []
+        for sock in socks:
+            answers.append(read_until_closed(sock))
+            assert 1.5 < time.monotonic() - started < 4
+    return answers
+
+
 def test_a_connection_without_a_request_head_gets_408_and_is_closed(
-    server: LiveServer, sent: bytes
+    server: ServerProcess,
 ) -> None:
-    with connect(server) as sock:
-        sock.sendall(sent)
-        started = time.monotonic()
-        raw = read_until_closed(sock)
-    assert 1.5 < time.monotonic() - started < 4
-    status, headers, body = answer(raw)
-    assert (status, headers["content-type"]) == (408, "application/json")
-    assert body == {
-        "title": "Request Timeout",
-        "description": "no complete request head within 2 s",
-    }
+    """Silent, or stopped midway through the head."""
+    sent = [b"", b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Le"]
+    for raw in answers_when_closed(server, sent):
+        status, headers, body = answer(raw)
+        assert (status, headers["content-type"]) == (408, "application/json")
+        assert body == {
+            "title": "Request Timeout",
+            "description": "no complete request head within 2 s",
+        }
 
 
-@pytest.mark.parametrize("body_bytes", [0, 10])
-def test_a_body_that_stops_gets_408_and_is_closed(server: LiveServer, body_bytes: int) -> None:
+def test_a_body_that_stops_gets_408_and_is_closed(server: ServerProcess) -> None:
+    """Before its first byte, or after ten of the thousand it declares."""
     head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
-    with connect(server) as sock:
-        sock.sendall(head + b" " * body_bytes)
-        started = time.monotonic()
-        raw = read_until_closed(sock)
-    assert 1.5 < time.monotonic() - started < 4
-    status, headers, body = answer(raw)
-    assert (status, headers["content-type"]) == (408, "application/json")
-    assert body["description"] == "the request body stopped before its end"
+    for raw in answers_when_closed(server, [head, head + b" " * 10]):
+        status, headers, body = answer(raw)
+        assert (status, headers["content-type"]) == (408, "application/json")
+        assert body["description"] == "the request body stopped before its end"
     post_ok(server)
 
 
-def test_an_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
+def test_an_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
     request = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY)
     with connect(server) as sock:
         sock.sendall(request + BODY)
@@ -106,7 +115,7 @@ def test_an_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
     assert time.monotonic() - started < 3
 
 
-def test_a_client_that_leaves_mid_body_costs_nothing(server: LiveServer) -> None:
+def test_a_client_that_leaves_mid_body_costs_nothing(server: ServerProcess) -> None:
     for _ in range(5):
         with connect(server) as sock:
             sock.sendall(b"POST /pytorch HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[[1,")
@@ -131,7 +140,7 @@ CHUNKED_HEAD = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked
     ],
 )
 def test_malformed_chunked_framing_is_answered_in_json(
-    server: LiveServer, framing: bytes, expected: int
+    server: ServerProcess, framing: bytes, expected: int
 ) -> None:
     with connect(server) as sock:
         sock.sendall(CHUNKED_HEAD + framing)
@@ -142,7 +151,7 @@ def test_malformed_chunked_framing_is_answered_in_json(
     post_ok(server)
 
 
-def test_a_chunked_body_cut_short_is_closed_without_an_error(server: LiveServer) -> None:
+def test_a_chunked_body_cut_short_is_closed_without_an_error(server: ServerProcess) -> None:
     with connect(server) as sock:
         sock.sendall(CHUNKED_HEAD + b'10\r\n{"crystalData"')
         sock.shutdown(socket.SHUT_WR)
@@ -161,7 +170,7 @@ def test_a_chunked_body_cut_short_is_closed_without_an_error(server: LiveServer)
     ],
 )
 def test_answers_the_server_writes_itself_are_json(
-    server: LiveServer, request_bytes: bytes, status: int
+    server: ServerProcess, request_bytes: bytes, status: int
 ) -> None:
     with connect(server) as sock:
         sock.sendall(request_bytes)
@@ -171,7 +180,7 @@ def test_answers_the_server_writes_itself_are_json(
     assert set(body) == {"title", "description"}
 
 
-def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -> None:
+def test_overload_is_shed_with_503_and_probes_still_answer(server: ServerProcess) -> None:
     """Four uploads in progress fill the worker's cap of 4: a fifth request is refused at once,
     probes are still answered, and once the uploads time out the worker serves again."""
     head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[[1,"
@@ -198,7 +207,7 @@ def test_overload_is_shed_with_503_and_probes_still_answer(server: LiveServer) -
     assert re.search(r"^crystal_requests_shed_total [1-9]", metrics, re.M)
 
 
-def test_silent_and_slow_header_connections_do_not_delay_others(server: LiveServer) -> None:
+def test_silent_and_slow_header_connections_do_not_delay_others(server: ServerProcess) -> None:
     """300 connections that send nothing and 50 that send their head a byte at a time, while a
     normal client keeps posting: its requests are answered as if they were alone."""
     silent = [connect(server) for _ in range(300)]
@@ -232,44 +241,43 @@ def test_silent_and_slow_header_connections_do_not_delay_others(server: LiveServ
     assert max(latencies) < 1.0, f"slowest normal request {max(latencies):.3f} s"
 
 
-def test_probes_are_answered_while_large_batches_compute() -> None:
+def test_probes_are_answered_while_large_batches_compute(
+    one_worker_server: ServerProcess,
+) -> None:
     """Six clients keep one worker busy with 100,000-row batches; the probes do not queue
     behind them (large batches run on the worker's inference thread; run inline, the probes
     measured here waited up to three batches)."""
-    live = LiveServer({"WORKERS": "1"}).wait_ready()
+    live = one_worker_server
     body = b'{"crystalData": [' + b",".join([b"[0.5,0.5,0.5,0.5]"] * 100_000) + b"]}"
+    started = time.monotonic()
+    assert requests.post(live.url + "/pytorch", data=body, timeout=60).status_code == 200
+    one_batch = time.monotonic() - started
+    stop = threading.Event()
+
+    def batches() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                assert session.post(live.url + "/pytorch", data=body, timeout=60).ok
+
+    clients = [threading.Thread(target=batches) for _ in range(6)]
+    for client in clients:
+        client.start()
+    probes = []
     try:
-        started = time.monotonic()
-        assert requests.post(live.url + "/pytorch", data=body, timeout=60).status_code == 200
-        one_batch = time.monotonic() - started
-        stop = threading.Event()
-
-        def batches() -> None:
-            with requests.Session() as session:
-                while not stop.is_set():
-                    assert session.post(live.url + "/pytorch", data=body, timeout=60).ok
-
-        clients = [threading.Thread(target=batches) for _ in range(6)]
-        for client in clients:
-            client.start()
-        probes = []
-        try:
-            time.sleep(4 * one_batch)
-            for _ in range(20):
-                started = time.monotonic()
-                assert requests.get(live.url + "/v2/health/ready", timeout=10).ok
-                probes.append(time.monotonic() - started)
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            for client in clients:
-                client.join()
-        assert max(probes) < one_batch, (probes, one_batch)
+        time.sleep(4 * one_batch)
+        for _ in range(20):
+            started = time.monotonic()
+            assert requests.get(live.url + "/v2/health/ready", timeout=10).ok
+            probes.append(time.monotonic() - started)
+            time.sleep(0.05)
     finally:
-        assert live.stop() == 0
+        stop.set()
+        for client in clients:
+            client.join()
+    assert max(probes) < one_batch, (probes, one_batch)
 
 
-def test_large_answers_are_gzipped_on_the_wire(server: LiveServer) -> None:
+def test_large_answers_are_gzipped_on_the_wire(server: ServerProcess) -> None:
     rows = {"crystalData": [[0.92, 0.12, 0.31, 0.09]] * 1000}
     packed = requests.post(
         server.url + "/pytorch", json=rows, headers={"Accept-Encoding": "gzip"}, timeout=10
@@ -287,7 +295,7 @@ def test_large_answers_are_gzipped_on_the_wire(server: LiveServer) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
-def test_the_listen_backlog_is_gunicorns(server: LiveServer) -> None:
+def test_the_listen_backlog_is_gunicorns(server: ServerProcess) -> None:
     """asyncio's create_server would re-listen with 100: bursts overflowed the accept queue."""
     listing = subprocess.run(
         ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from fakes import LABELS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
-from test_app import LABELS, SKLEARN_ROWS, FakeClassifier
 
 from serve.app import create_app
 from serve.settings import Limits

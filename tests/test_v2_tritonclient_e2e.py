@@ -1,13 +1,12 @@
 """The Open Inference Protocol through the real tritonclient, against the live server."""
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
-from live_server import LiveServer
 from tritonclient.utils import InferenceServerException
+
+from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -17,14 +16,7 @@ ROWS = np.array(
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer().wait_ready()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> triton.InferenceServerClient:
+def client(server: ServerProcess) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
 
 
@@ -59,7 +51,7 @@ def test_server_probes_and_metadata(client: triton.InferenceServerClient) -> Non
 @pytest.mark.parametrize("model", ["sklearn", "pytorch"])
 @pytest.mark.parametrize("datatype", ["FP64", "FP32"])
 def test_infer_equals_droid_endpoint(
-    server: LiveServer,
+    server: ServerProcess,
     client: triton.InferenceServerClient,
     model: str,
     datatype: str,
