@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench --out bench/results
 	$(BIN)/python -m bench.compression --out bench/results
+	$(BIN)/python -m bench.mlserver --out bench/results
 
 # Load with faults: a minute of mixed load while a worker is killed, the server reloaded and stopped.
 soak: install
