@@ -10,28 +10,28 @@ from gunicorn.arbiter import Arbiter
 
 from serve import release
 from serve.errors import StartupError
-from serve.logs import json_line
+from serve.logs import json_line, refusal
 from serve.settings import Settings
 
 CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
 
-def model_lines(published: release.Release) -> list[bytes]:
+def announce(published: release.Release) -> None:
     """One line per model: what is served, from which source, with which parity."""
-    return [
-        json_line(
+    for model in published.models:
+        line = json_line(
             "info",
             "serve",
             "model",
             {
                 "model": model.name,
-                "version": published.version(model.name),
+                "version": model.version,
                 "source_sha256": model.source_sha256,
                 **dict(model.details),
             },
         )
-        for model in published.models
-    ]
+        sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.flush()
 
 
 class CrystalArbiter(Arbiter):
@@ -42,9 +42,7 @@ class CrystalArbiter(Arbiter):
             self.log.error("reload refused, the current models stay served: %s", exc)
             return
         release.publish(prepared)
-        for line in model_lines(prepared):
-            sys.stdout.buffer.write(line + b"\n")
-        sys.stdout.flush()
+        announce(prepared)
         super().handle_hup()
 
 
@@ -57,12 +55,9 @@ def main() -> int:
     try:
         release.publish(release.prepare(Settings.from_env(), listen=True))
     except StartupError as exc:
-        line = json_line("error", "serve", f"cannot start: {exc}", {"exit_code": 2})
-        sys.stderr.buffer.write(line + b"\n")
+        sys.stderr.buffer.write(refusal(exc) + b"\n")
         return 2
-    for line in model_lines(release.current()):
-        sys.stdout.buffer.write(line + b"\n")
-    sys.stdout.flush()
+    announce(release.current())
     sys.argv = [sys.argv[0], "--config", str(CONFIG)]
     CrystalApplication("%(prog)s").run()
     return 0

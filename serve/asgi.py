@@ -5,7 +5,7 @@ from gunicorn.errors import AppImportError
 
 from serve.app import get_app
 from serve.errors import StartupError
-from serve.logs import configure_logging
+from serve.logs import REFUSED, configure_logging
 
 
 def application() -> falcon.asgi.App:
@@ -14,4 +14,4 @@ def application() -> falcon.asgi.App:
     try:
         return get_app()
     except StartupError as exc:
-        raise AppImportError(f"cannot start: {exc}") from None
+        raise AppImportError(f"{REFUSED}{exc}") from None

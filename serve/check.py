@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serve.app import get_app
 from serve.errors import StartupError
-from serve.logs import json_line
+from serve.logs import refusal
 from serve.settings import Settings
 
 
@@ -57,8 +57,7 @@ def main(argv: list[str]) -> int:
             check_metrics_dir(settings.metrics_dir)
         get_app(settings)
     except StartupError as exc:
-        line = json_line("error", "serve", f"cannot start: {exc}", {"exit_code": 2})
-        sys.stderr.buffer.write(line + b"\n")
+        sys.stderr.buffer.write(refusal(exc) + b"\n")
         return 2
     return 0
 

@@ -8,6 +8,7 @@ import onnxruntime as ort
 
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import InvalidCrystalData, PredictionFailed, StartupError
+from serve.manifest import VERSION_DIGITS
 
 _ONNX_DTYPES = {"tensor(double)": np.dtype(np.float64), "tensor(float)": np.dtype(np.float32)}
 
@@ -40,7 +41,7 @@ class OnnxClassifier:
         except Exception as exc:
             raise StartupError(f"model {name}: onnxruntime cannot load it: {exc}") from None
         self.name = name
-        self.version = hashlib.sha256(model).hexdigest()[:12]
+        self.version = hashlib.sha256(model).hexdigest()[:VERSION_DIGITS]
         self.input_dtype, self.output_dtype, self.n_classes = self._check_contract()
         self._output_names = [OUTPUT_NAME]
         self._run_options = ort.RunOptions()  # built once: run() would build one per call

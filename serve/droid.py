@@ -138,10 +138,10 @@ class DroidProtocol:
         self._decoder = CrystalDecoder(limits, registry.names)
         self._runner = runner
         self._max_body_bytes = limits.max_body_bytes
-        self.render = AnswerRenderer(registry.labels)
+        self._render = AnswerRenderer(registry.labels)
 
     def _answer(self, model: str, batch: np.ndarray) -> bytes:
-        return self.render(*self._registry.run(model, batch))
+        return self._render(*self._registry.run(model, batch))
 
     def _model_work(self, model: str, body: bytes) -> tuple[str, int, bytes]:
         batch = self._decoder.crystal_data(body)

@@ -44,6 +44,14 @@ def json_line(level: str, logger: str, message: str, fields: dict, created: floa
     return _encoder.encode(line)
 
 
+REFUSED = "cannot start: "
+
+
+def refusal(reason: object) -> bytes:
+    """The one line a deployment that cannot start ends with (exit code 2)."""
+    return json_line("error", "serve", f"{REFUSED}{reason}", {"exit_code": 2})
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = dict(getattr(record, "fields", {}))

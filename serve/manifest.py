@@ -12,6 +12,8 @@ MANIFEST_NAME = "manifest.json"
 # A model name becomes a URL path (/<name>), so it must be plain and not shadow another route.
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 RESERVED_NAMES = frozenset({"astromech", "metrics", "v2"})
+# A model's version: the first hex digits of its ONNX file's sha256.
+VERSION_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class ModelFile:
     source_sha256: str = ""
     # What the export recorded, for the start-up line: framework, family, opsets, parity.
     details: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:VERSION_DIGITS]
 
     def read_verified(self) -> bytes:
         """The file's bytes, refused unless they hash to the manifest's checksum.

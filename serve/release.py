@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serve.errors import StartupError
 from serve.labels import load_labels
+from serve.logs import REFUSED
 from serve.manifest import MANIFEST_NAME, ModelFile, read_manifest
 from serve.settings import Settings
 
@@ -25,9 +26,6 @@ class Release:
     models: tuple[ModelFile, ...]
     data: dict[str, bytes]
     labels: tuple[str, ...]
-
-    def version(self, name: str) -> str:
-        return next(m.sha256[:12] for m in self.models if m.name == name)
 
 
 _current: Release | None = None
@@ -74,7 +72,7 @@ def prepare(settings: Settings, listen: bool) -> Release:
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines() or ["(no output)"]
         try:
-            message = json.loads(lines[-1])["message"].removeprefix("cannot start: ")
+            message = json.loads(lines[-1])["message"].removeprefix(REFUSED)
         except (ValueError, KeyError, TypeError):
             message = lines[-1][:300]
         raise StartupError(message)

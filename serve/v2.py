@@ -294,11 +294,8 @@ class InferResource:
         self, name: str, body: bytes, header_length: int | None
     ) -> tuple[int, bytes, int | None]:
         """(rows, answer, length of its JSON header when binary outputs follow it)."""
-        try:  # the droids' 422 for bad data is this protocol's 400
-            request_id, batch, outputs = self._decoder.decode(body, header_length)
-            probabilities, labels = self._registry.run(name, batch)
-        except InvalidCrystalData as exc:
-            raise BadRequest(str(exc), name) from None
+        request_id, batch, outputs = self._decoder.decode(body, header_length)
+        probabilities, labels = self._registry.run(name, batch)
         model = self._registry.model(name)
         answer, json_length = render_answer(name, model, request_id, probabilities, labels, outputs)
         return len(batch), answer, json_length
@@ -309,14 +306,14 @@ class InferResource:
         header_length = req.get_header(BINARY_HEADER)
         if header_length is not None and not header_length.isdigit():
             raise BadRequest(f"{BINARY_HEADER} must be a byte count", name)
-        try:
-            body = await read_body(req, self._max_body_bytes)
-        except InvalidCrystalData as exc:  # a corrupt gzip body: this protocol's 400
-            raise BadRequest(str(exc), name) from None
         length = None if header_length is None else int(header_length)
-        req.context.rows, resp.data, json_length = await self._runner.run(
-            len(body), partial(self._work, name, body, length)
-        )
+        try:  # the droids' 422 for bad data (a corrupt gzip body included) is this protocol's 400
+            body = await read_body(req, self._max_body_bytes)
+            req.context.rows, resp.data, json_length = await self._runner.run(
+                len(body), partial(self._work, name, body, length)
+            )
+        except InvalidCrystalData as exc:
+            raise BadRequest(str(exc), name) from None
         if json_length is None:
             resp.content_type = falcon.MEDIA_JSON
         else:
