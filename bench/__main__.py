@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.bodies import ENDPOINTS, write_bodies
 from bench.load import ensure_wrk, wrk_seconds
-from bench.report import DERIVED, markdown, summarize
+from bench.report import DERIVED, markdown, publish, summarize
 from bench.runner import CLOSE, KEEP_ALIVE, Cell, Plan, run_plan
 from bench.servers import (
     GUNICORN_CONF,
@@ -128,15 +128,11 @@ def service_settings(env: dict[str, str]) -> dict[str, int]:
 
 
 def write_results(results: dict, out: Path, chart: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
-    report = markdown(results)
-    (out / "latest.md").write_text(report)
+    publish(out, "latest", results, markdown(results))
     if chart:
         from bench.chart import draw  # matplotlib: bench/requirements.txt, not the test set
 
         draw(results, out / "latest.png")
-    print(report)
 
 
 def main(argv: list[str] | None = None) -> int:

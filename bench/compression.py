@@ -8,7 +8,6 @@ saving against a 100 Mbit/s link, so the default GZIP_MIN_BYTES follows from the
 
 import argparse
 import gzip
-import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import publish
 from serve import release
 from serve.classifier import OnnxClassifier
 from serve.droid import AnswerRenderer
@@ -101,11 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
     args = parser.parse_args()
     results = measure()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compression.json").write_text(json.dumps(results, indent=1) + "\n")
-    report = markdown(results)
-    (args.out / "compression.md").write_text(report)
-    print(report)
+    publish(args.out, "compression", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.load import LoadResult, ensure_wrk, run_load
-from bench.report import index_runs, paired_ratio
+from bench.report import index_runs, paired_ratio, publish
 from harness.bodies import crystal_rows
 from harness.server import REPO_ROOT, ServerProcess, cpu_seconds, free_port, request
 
@@ -317,11 +317,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-mlserver-") as folder:
         results = measure(Path(folder))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mlserver.json").write_text(json.dumps(results, indent=1) + "\n")
-    report = markdown(results)
-    (args.out / "mlserver.md").write_text(report)
-    print(report)
+    publish(args.out, "mlserver", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Medians over rounds, ratios to the baselines, the spread over workers, the targets' status,
 and the Markdown report."""
 
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from bench.runner import KEEP_ALIVE, OVERLOAD, SERVICE, SLOW_CLIENTS
 from bench.scenarios import (
@@ -560,3 +562,11 @@ def _scenario_lines(runs: list[dict]) -> list[str]:
             f"| {r['held_at_end']['open'] if 'held_at_end' in r else '-'} | {parts or '-'} |"
         )
     return lines
+
+
+def publish(out: Path, stem: str, results: object, report: str) -> None:
+    """`<stem>.json` (every figure) and `<stem>.md` (the report) in `out`, and the report shown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(report)
+    print(report)

@@ -144,30 +144,23 @@ def concrete(expr: str) -> str:
 # --- static checks -------------------------------------------------------------------------------
 
 
-def test_rules_pass_promtool_check() -> None:
+def promtool(*args: str) -> str:
+    """promtool's output; it must exit 0."""
     require_prometheus()
     result = subprocess.run(
-        ["promtool", "check", "rules", str(ALERTS)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        ["promtool", *args], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(load_rules())} rules found" in result.stdout
+    return result.stdout
+
+
+def test_rules_pass_promtool_check() -> None:
+    output = promtool("check", "rules", str(ALERTS))
+    assert f"SUCCESS: {len(load_rules())} rules found" in output
 
 
 def test_rules_pass_their_unit_tests() -> None:
-    require_prometheus()
-    result = subprocess.run(
-        ["promtool", "test", "rules", str(ALERTS_TEST)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert "SUCCESS" in promtool("test", "rules", str(ALERTS_TEST))
 
 
 def test_every_alert_has_for_severity_annotations_and_a_firing_and_a_silent_unit_test() -> None:
