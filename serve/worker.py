@@ -11,19 +11,16 @@ as settings:
   body stops arriving before the app has seen any of it is answered 408, not 500;
 - the listen backlog it is configured with, and the C parser it finds (both lost on the way in
   gunicorn 27.0.1's asyncio worker);
-- every pending connection accepted at each turn of the event loop, not one per turn, so a
-  burst of new connections is not served seconds late (AcceptingServer).
+- up to ACCEPTS_PER_TURN new connections accepted at each turn of the event loop, not one, so
+  a burst of new connections is not served seconds late (ListeningServers).
 
 It subclasses gunicorn's ASGIProtocol (pinned gunicorn version; the suite's hostile-client tests
 cover each behaviour) and makes the worker build connections with it.
 """
 
 import asyncio
-import logging
 import signal
-import socket
 import weakref
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -35,9 +32,9 @@ from gunicorn.workers import gasgi
 from serve.settings import Settings
 
 _encoder = msgspec.json.Encoder()
-logger = logging.getLogger("serve")
-# How long accepting pauses when the process is out of file descriptors or memory.
-ACCEPT_RETRY_S = 0.1
+# Connections a worker accepts at most per turn of its event loop (see ListeningServers): a
+# burst of 256 is in within a few turns, for 31 more descriptors per worker.
+ACCEPTS_PER_TURN = 32
 
 
 class CrystalProtocol(protocol.ASGIProtocol):
@@ -95,97 +92,63 @@ class CrystalProtocol(protocol.ASGIProtocol):
         self._safe_write(head.encode("latin-1") + body)
 
 
-class AcceptingServer(asyncio.AbstractServer):
-    """A listening socket that accepts every pending connection each time it is readable.
+class ListeningServers(asyncio.AbstractServer):
+    """uvloop servers sharing one listening socket, each through its own descriptor.
 
-    uvloop's own server took about one connection per event-loop turn: a burst of new
-    connections waited in the kernel's accept queue while the worker served the ones it had,
-    one turn (a few milliseconds under load) each, so the last of 256 got its first answer
-    seconds late. Here each turn drains the queue (at most `backlog` at once), and every
-    connection gets its transport from uvloop (`connect_accepted_socket`) as before.
+    uvloop's server (libuv 1.52) accepts one connection each time its socket polls readable,
+    that is one per turn of the event loop: under load a burst of new connections waited in
+    the kernel's accept queue, a loop turn (a few milliseconds) each, and the last of 256 got
+    its first answer seconds late. Several servers on duplicates of the socket accept that many
+    per turn, each connection set up by uvloop exactly as before. (Accepting in a reader callback
+    instead and handing each socket to `connect_accepted_socket` drained the queue at once, but
+    cost every new connection another loop turn: readiness probes, a new connection each, were
+    answered 1.5 times slower while large batches computed.)
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        sock: socket.socket,
-        backlog: int,
-    ):
-        self._loop = loop
-        self._protocol_factory = protocol_factory
-        self._sock = sock
-        self._backlog = backlog
-        self._closed = loop.create_future()
-        self._pending: set[asyncio.Task] = set()
-        sock.setblocking(False)
-        sock.listen(backlog)
-        loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(self._backlog):
-            try:
-                connection, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                # Out of file descriptors or memory: pause accepting for a moment, as asyncio
-                # does, instead of spinning on a queue that cannot be drained.
-                logger.warning("accept failed, retrying in %g s: %s", ACCEPT_RETRY_S, exc)
-                self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(ACCEPT_RETRY_S, self._resume)
-                return
-            task = self._loop.create_task(
-                self._loop.connect_accepted_socket(self._protocol_factory, connection)
-            )
-            self._pending.add(task)
-            task.add_done_callback(self._connected)
-
-    def _connected(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.info("connection lost before it was set up: %s", task.exception())
-
-    def _resume(self) -> None:
-        if self.is_serving():
-            self._loop.add_reader(self._sock.fileno(), self._accept)
+    def __init__(self, servers: list[asyncio.AbstractServer]):
+        self._servers = servers
 
     def close(self) -> None:
-        if self.is_serving():
-            self._loop.remove_reader(self._sock.fileno())
-            self._closed.set_result(None)
+        for server in self._servers:
+            server.close()
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
+        for server in self._servers:
+            await server.wait_closed()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+        return self._servers[0].get_loop()
 
     def is_serving(self) -> bool:
-        return not self._closed.done()
+        return any(server.is_serving() for server in self._servers)
 
     async def start_serving(self) -> None:
-        """Serving starts when the server is made."""
+        for server in self._servers:
+            await server.start_serving()
 
     async def serve_forever(self) -> None:
         await self.wait_closed()
 
 
 class WorkerLoop(uvloop.Loop):
-    """uvloop, with the servers gunicorn's worker makes for its listening sockets accepting
-    every pending connection each turn (AcceptingServer), listening with gunicorn's `backlog`
-    (2048) instead of asyncio's default of 100 (a burst of connections then overflowed the
-    accept queue, and the dropped ones retried a second later)."""
+    """uvloop, with the servers gunicorn's worker makes for its listening sockets accepting up to
+    ACCEPTS_PER_TURN connections each turn (ListeningServers), listening with gunicorn's
+    `backlog` (2048) instead of asyncio's default of 100 (a burst of connections then overflowed
+    the accept queue, and the dropped ones retried a second later)."""
 
     def __init__(self, backlog: int):
         super().__init__()
         self._backlog = backlog
 
     async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+        kwargs = {**kwargs, "backlog": self._backlog}
         sock = kwargs.get("sock")
-        if sock is None or kwargs.get("ssl") is not None or not args:
-            return await super().create_server(*args, **{**kwargs, "backlog": self._backlog})
-        return AcceptingServer(self, args[0], sock, self._backlog)
+        if sock is None:
+            return await super().create_server(*args, **kwargs)
+        servers = []
+        for listening in [sock] + [sock.dup() for _ in range(ACCEPTS_PER_TURN - 1)]:
+            servers.append(await super().create_server(*args, **{**kwargs, "sock": listening}))
+        return ListeningServers(servers)
 
 
 class CrystalWorker(gasgi.ASGIWorker):
