@@ -10,7 +10,7 @@ The apps:
 - service: `serve.asgi.application()`, exactly as a worker builds it. Its access log goes to
   /dev/null.
 - service-without-telemetry: the same, built with the telemetry middleware (request ids, the
-  in-flight cap, request metrics, the access log line) left out and metrics recording nothing
+  in-progress count, request metrics, the access log line) left out and metrics recording nothing
   (the per-prediction metrics in the registry). service minus this is the telemetry's cost.
 - floor: bench.floor_app's ASGI app.
 

@@ -25,7 +25,7 @@ class LoadResult:
     requests: int
     seconds: float
     http_errors: int  # answers with status >= 400, 503 excepted
-    unavailable: int  # 503 answers: shed by the service's in-flight cap
+    unavailable: int  # 503 answers: shed by the service's cap on work
     socket_errors: int  # connect, read, write failures and timeouts
     p50_ms: float
     p99_ms: float

@@ -28,6 +28,7 @@ from harness.server import ServerProcess, request
 KEEP_ALIVE = "keep-alive"
 CLOSE = "close"
 SERVICE = "service"
+FLOOR = "floor"
 OVERLOAD = "overload"
 SLOW_CLIENTS = "slow-clients"
 T = TypeVar("T")
@@ -121,35 +122,55 @@ def run_cell(plan: Plan, name: str, server: ServerProcess, cell: Cell, bodies: l
     }
 
 
-def run_scenarios(plan: Plan, server: ServerProcess, body: Body) -> list[dict]:
-    """Overload (with probes), then slow clients, on one server; one record each."""
+def run_scenarios(plan: Plan, running: dict[str, ServerProcess], body: Body) -> list[dict]:
+    """Overload on the service (with probes) and on the ASGI floor when it runs, then slow
+    clients on the service; one record each."""
     path = f"/{body.endpoint}"
-    (result, probes), facts = observed(
-        server,
-        lambda: scenarios.overload(
-            plan.wrk, server.port, path, [body.path], plan.wrk_threads, plan.seconds
-        ),
-    )
-    overload = {
-        "scenario": OVERLOAD,
-        "connections": scenarios.OVERLOAD_CONNECTIONS,
-        **load_fields(result),
-        **facts,
-        "probes": vars(probes),
-    }
+    records = []
+    for name in (SERVICE, FLOOR):
+        if name not in running:
+            continue
+        server = running[name]
+        (result, probes), facts = observed(
+            server,
+            lambda server=server, name=name: scenarios.overload(
+                plan.wrk,
+                server.port,
+                path,
+                [body.path],
+                plan.wrk_threads,
+                plan.seconds,
+                probe=name == SERVICE,
+            ),
+        )
+        records.append(
+            {
+                "scenario": OVERLOAD,
+                "server": name,
+                "connections": scenarios.OVERLOAD_CONNECTIONS,
+                **load_fields(result),
+                **facts,
+                **({"probes": vars(probes)} if probes else {}),
+            }
+        )
+    server = running[SERVICE]
     (result, held), facts = observed(
         server, lambda: scenarios.slow_clients(plan.wrk, server.port, path, body.path, plan.seconds)
     )
-    slow = {
-        "scenario": SLOW_CLIENTS,
-        "connections": 1,
-        **load_fields(result),
-        **facts,
-        "silent": scenarios.SILENT_CONNECTIONS,
-        "slow": scenarios.SLOW_CONNECTIONS,
-        "held_at_end": held,
-    }
-    return [overload, slow]
+    records.append(
+        {
+            "scenario": SLOW_CLIENTS,
+            "server": SERVICE,
+            "connections": 1,
+            **load_fields(result),
+            **facts,
+            "silent": scenarios.SILENT_CONNECTIONS,
+            "slow": scenarios.SLOW_CONNECTIONS,
+            "stalled": scenarios.STALLED_UPLOADS,
+            "held_at_end": held,
+        }
+    )
+    return records
 
 
 def run_plan(plan: Plan, body_dir: Path, log: Callable[[str], None] = _progress) -> dict:
@@ -187,10 +208,10 @@ def run_plan(plan: Plan, body_dir: Path, log: Callable[[str], None] = _progress)
                         f"{m['unavailable']}+{m['socket_errors']} worker CPU {m['worker_cpu_s']}"
                     )
             if SERVICE in running:
-                for record in run_scenarios(plan, running[SERVICE], one_row):
+                for record in run_scenarios(plan, running, one_row):
                     scenario_runs.append({"round": round_index, **record})
                     log(
-                        f"round {round_index + 1}: {record['scenario']:<12} "
+                        f"round {round_index + 1}: {record['server']:<10} {record['scenario']:<12} "
                         f"{record['rps']:8.0f} req/s p99 {record['p99_ms']:7.2f} ms "
                         f"max {record['max_ms']:7.2f} ms errors {record['http_errors']}+"
                         f"{record['unavailable']}+{record['socket_errors']}"

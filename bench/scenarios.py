@@ -1,12 +1,15 @@
 """The two loads beyond throughput that the service must withstand, run on the service alone.
 
 - overload: OVERLOAD_CONNECTIONS keep-alive clients posting 1-row bodies, far beyond what two
-  workers answer at once, while a separate client probes readiness as a kubelet would. Every
-  answer must be 200 or 503 (shed by the per-worker in-flight cap), and probes must pass.
-- slow clients: SILENT connections that send nothing and SLOW ones that send a request head one
-  byte at a time, all opened first and held while one normal client posts 1-row requests. The
-  held connections must not slow it down. A run of the default length ends within the service's
-  HEADER_TIMEOUT (5 s), which would close them; the run reports how they stood at its end.
+  workers answer at once, on the service while a separate client probes readiness as a kubelet
+  would, and on the ASGI floor (no probe: it has none) for its tail in the same round. Every
+  answer must be 200 or 503 (shed by the per-worker cap on work), and probes must pass.
+- slow clients: SILENT connections that send nothing, SLOW ones that send a request head one
+  byte at a time and STALLED uploads that declare a body, send a few bytes of it and stop, all
+  opened first and held while one normal client posts 1-row requests. The held connections must
+  not slow it down nor get it refused. A run of the default length ends within the service's
+  HEADER_TIMEOUT (5 s) and TIMEOUT (10 s), which would close them; the run reports how they
+  stood at its end.
 """
 
 import socket
@@ -25,6 +28,9 @@ PROBE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
 SILENT_CONNECTIONS = 300
 SLOW_CONNECTIONS = 50
+# Twice what the default per-worker cap (MAX_IN_FLIGHT, 16) of two workers would hold.
+STALLED_UPLOADS = 32
+STALLED_BODY_BYTES = 1000
 SLOW_BYTE_INTERVAL_S = 0.1
 
 
@@ -75,10 +81,18 @@ class Prober:
 
 
 def overload(
-    wrk: str | None, port: int, path: str, bodies: list[Path], threads: int, seconds: float
-) -> tuple[LoadResult, ProbeResult]:
-    """The load at OVERLOAD_CONNECTIONS, with readiness probed all along."""
+    wrk: str | None,
+    port: int,
+    path: str,
+    bodies: list[Path],
+    threads: int,
+    seconds: float,
+    probe: bool,
+) -> tuple[LoadResult, ProbeResult | None]:
+    """The load at OVERLOAD_CONNECTIONS, with readiness probed all along when `probe`."""
     url = f"http://127.0.0.1:{port}{path}"
+    if not probe:
+        return run_load(wrk, url, bodies, OVERLOAD_CONNECTIONS, threads, seconds, True), None
     with Prober(port) as prober:
         result = run_load(wrk, url, bodies, OVERLOAD_CONNECTIONS, threads, seconds, True)
     return result, prober.result()
@@ -93,7 +107,12 @@ def slow_clients(
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {body.stat().st_size}\r\n\r\n"
     ).encode()
-    held = HeldConnections(port, head)
+    stalled = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {STALLED_BODY_BYTES}\r\n\r\n"
+        '{"crystalData": [[1,'
+    ).encode()
+    held = HeldConnections(port, head, stalled)
     try:
         result = run_load(wrk, f"http://127.0.0.1:{port}{path}", [body], 1, 1, seconds, True)
     finally:
@@ -114,13 +133,17 @@ def _state(sock: socket.socket) -> str:
 
 
 class HeldConnections:
-    """Silent connections and slow-header ones, open from creation until `close()`."""
+    """Silent connections, slow-header ones and stalled uploads, open from creation until
+    `close()`."""
 
-    def __init__(self, port: int, head: bytes):
+    def __init__(self, port: int, head: bytes, stalled_upload: bytes):
         self._head = head
         address = ("127.0.0.1", port)
         self.silent = [socket.create_connection(address) for _ in range(SILENT_CONNECTIONS)]
         self.slow = [socket.create_connection(address) for _ in range(SLOW_CONNECTIONS)]
+        self.stalled = [socket.create_connection(address) for _ in range(STALLED_UPLOADS)]
+        for sock in self.stalled:
+            sock.sendall(stalled_upload)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._send_slowly)
         self._thread.start()
@@ -138,7 +161,7 @@ class HeldConnections:
         """Stops sending, closes every connection; returns how many were in each state first."""
         self._stop.set()
         self._thread.join()
-        sockets = self.silent + self.slow
+        sockets = self.silent + self.slow + self.stalled
         states = {"open": 0, "answered": 0, "closed": 0}
         for sock in sockets:
             states[_state(sock)] += 1
