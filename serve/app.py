@@ -16,7 +16,7 @@ from serve.classifier import Classifier, OnnxClassifier
 from serve.compression import ResponseCompression
 from serve.errors import ServiceError
 from serve.logs import AccessLog
-from serve.metrics import CONTENT_TYPE, FOLDER_ENV, Metrics, MetricsFolder
+from serve.metrics import FOLDER_ENV, Metrics, MetricsFolder
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
 from serve.runner import BatchRunner
@@ -76,7 +76,11 @@ class ErrorAnswers:
     ) -> None:
         """Falcon's own answers, made to say what would work."""
         description = error.description or error.title
-        if isinstance(error, falcon.HTTPMethodNotAllowed):
+        if req.method not in falcon.COMBINED_METHODS:
+            # Falcon answers a method it does not know 400; HTTP says 501 (RFC 9110, 9.1).
+            error = falcon.HTTPNotImplemented()
+            description = f"{req.method[:20]} is not a method this server implements"
+        elif isinstance(error, falcon.HTTPMethodNotAllowed):
             allowed = (error.headers or {}).get("Allow", "")
             description = f"{req.method} is not allowed on {req.path[:100]}; use {allowed}"
         elif error.status_code == 404:
@@ -102,12 +106,16 @@ class ErrorAnswers:
 
 
 class MetricsResource:
+    """GET and HEAD, in the format the scraper's Accept header asks for: OpenMetrics or the
+    Prometheus text format (the default)."""
+
     def __init__(self, metrics: Metrics):
         self._metrics = metrics
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
-        resp.content_type = CONTENT_TYPE
-        resp.data = self._metrics.exposition()
+        resp.data, resp.content_type = self._metrics.exposition(req.get_header("Accept") or "")
+
+    on_head = on_get
 
 
 class OpenApiSpec:
@@ -156,12 +164,11 @@ def create_app(
     limits = limits or settings.limits
     metrics = metrics or Metrics()
     registry = ModelRegistry(models, labels, metrics)
-    runner = BatchRunner(settings.offload_bytes)
+    runner = BatchRunner(settings.offload_bytes, settings.max_in_flight, metrics)
     telemetry = RequestTelemetry(
         metrics,
         access_log or AccessLog(),
         {name: model.version for name, model in models.items()},
-        settings.max_in_flight,
         settings.log_probes,
     )
     router = falcon.routing.DefaultRouter()

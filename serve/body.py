@@ -1,6 +1,7 @@
 """Request bodies, shared by both protocols: read within the size limit, checked as UTF-8, and
 the bounded measurement type both decoders use."""
 
+import asyncio
 import zlib
 from typing import Annotated, Any
 
@@ -18,23 +19,36 @@ from serve.settings import Limits
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
-async def read_body(req: CrystalRequest, max_bytes: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it is known to exceed max_bytes.
+async def read_body(req: CrystalRequest, limits: Limits) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it is known to exceed max_body_bytes.
 
     A declared Content-Length is checked before reading; a chunked body is refused once past the
     limit, so an oversized body never sits in memory. A gzip body (Content-Encoding) is bounded
     twice: as sent, and as inflated; any other encoding is refused with 415. A body that stops
-    arriving (for the server's TIMEOUT) or whose client goes away is answered 408, never taken as
-    whole.
+    arriving (for the server's TIMEOUT), that has not arrived whole within `body_timeout`
+    (BODY_TIMEOUT: a body dripped a byte at a time would otherwise hold its connection for as
+    long as it pleases), or whose client goes away is answered 408, never taken as whole.
     """
     encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise UnsupportedEncoding(
             f"Content-Encoding {encoding[:20]!r} is not supported; send gzip or identity"
         )
+    max_bytes = limits.max_body_bytes
     declared = req.content_length
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            body = await _receive_whole(req, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive whole within {limits.body_timeout:g} s"
+        ) from None
+    return gunzip(body, max_bytes) if encoding == "gzip" else body
+
+
+async def _receive_whole(req: CrystalRequest, max_bytes: int) -> bytes:
     event = req.first_event or await req.receive_event()
     chunks, size = [], 0
     while True:
@@ -46,8 +60,7 @@ async def read_body(req: CrystalRequest, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
         if not event.get("more_body", False):
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            return gunzip(body, max_bytes) if encoding == "gzip" else body
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         event = await req.receive_event()
 
 

@@ -137,7 +137,7 @@ class DroidProtocol:
         self._registry = registry
         self._decoder = CrystalDecoder(limits, registry.names)
         self._runner = runner
-        self._max_body_bytes = limits.max_body_bytes
+        self._limits = limits
         self._render = AnswerRenderer(registry.labels)
 
     def _answer(self, model: str, batch: np.ndarray) -> bytes:
@@ -153,12 +153,13 @@ class DroidProtocol:
 
     async def respond(self, req: CrystalRequest, resp: falcon.asgi.Response, model: str) -> None:
         """`model` is the route's model, or ASTROMECH when the body names it."""
-        body = await read_body(req, self._max_body_bytes)
+        body = await read_body(req, self._limits)
         if model == ASTROMECH:
             work = partial(self._astromech_work, body)
         else:
             work = partial(self._model_work, model, body)
-        model, req.context.rows, resp.data = await self._runner.run(len(body), work)
+        named = "" if model == ASTROMECH else model
+        model, req.context.rows, resp.data = await self._runner.run(len(body), work, named)
         req.context.model = model
         resp.content_type = falcon.MEDIA_JSON
         resp.set_header(MODEL_VERSION_HEADER, self._registry.version_tag(model))

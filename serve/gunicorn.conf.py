@@ -45,10 +45,15 @@ def on_starting(server) -> None:
 
 
 def child_exit(server, worker) -> None:
-    """A dead worker's totals stay counted, its live gauges go; a worker that exits while the
-    server runs is a restart."""
-    # gunicorn closes its listeners before it stops the workers: none left means a shutdown.
-    server._metrics_folder.retire(worker.pid, replaced=bool(server.LISTENERS))
+    """A dead worker's totals stay counted, its live gauges go, and its exit is counted under
+    the reason the master knows (serve/__main__.py, CrystalArbiter.exit_reason): a reload or a
+    deliberate stop is not an alert, a crash or a timeout is."""
+    exit_reason = getattr(server, "exit_reason", None)
+    if exit_reason is None:  # plain gunicorn's master, as the bench runs its floors
+        reason = "crash" if server.LISTENERS else "stop"
+    else:
+        reason = exit_reason(worker)
+    server._metrics_folder.retire(worker.pid, reason)
 
 
 def on_exit(server) -> None:

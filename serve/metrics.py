@@ -21,7 +21,8 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,7 +30,6 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The folder the gunicorn master makes for its workers' snapshots (serve/gunicorn.conf.py).
 FOLDER_ENV = "CRYSTAL_METRICS_FOLDER"
 RETIRED_FILE = "retired.json"
@@ -50,6 +50,8 @@ class Definition:
     help: str
     labels: tuple[str, ...]
     buckets: tuple[float, ...] = ()
+    # Label sets exported as 0 before anything is counted: a rate then sees the first increase.
+    initial: tuple[tuple[str, ...], ...] = ()
 
 
 REQUESTS = Definition(
@@ -58,15 +60,24 @@ REQUESTS = Definition(
     ("endpoint", "method", "model", "status"),
 )
 SHED = Definition(
-    "crystal_requests_shed", "Requests refused with 503 by the per-worker in-flight cap.", ()
+    "crystal_requests_shed",
+    "Requests refused with 503 by the per-worker cap on requests at work (MAX_IN_FLIGHT).",
+    (),
+    initial=((),),
 )
 PREDICTIONS = Definition(
     "crystal_predictions", "Predicted rows, by model and predicted label.", ("model", "label")
 )
-WORKER_RESTARTS = Definition(
-    "crystal_worker_restarts",
-    "Workers started to replace another (after a crash, a kill, a timeout or a reload).",
-    (),
+# Why a worker exited, as the gunicorn master knows it (serve/__main__.py, CrystalArbiter):
+# retired by a reload (SIGHUP), stopped on purpose (scale-down with TTOU, shutdown), killed for
+# not reporting within TIMEOUT, or anything else while the server runs (exception, SIGKILL, OOM).
+EXIT_REASONS = ("reload", "stop", "timeout", "crash")
+WORKER_EXITS = Definition(
+    "crystal_worker_exits",
+    "Worker processes that exited, by reason: reload, stop (scale-down or shutdown), timeout "
+    "(killed for not reporting within TIMEOUT) or crash (any other exit while serving).",
+    ("reason",),
+    initial=tuple((reason,) for reason in EXIT_REASONS),
 )
 REQUEST_SECONDS = Definition(
     "crystal_request_duration_seconds",
@@ -89,7 +100,7 @@ CONFIDENCE = Definition(
     ("model",),
     CONFIDENCE_BUCKETS,
 )
-COUNTERS = (REQUESTS, SHED, PREDICTIONS, WORKER_RESTARTS)
+COUNTERS = (REQUESTS, SHED, PREDICTIONS, WORKER_EXITS)
 HISTOGRAMS = (REQUEST_SECONDS, INFERENCE_SECONDS, ROWS, CONFIDENCE)
 
 
@@ -170,10 +181,6 @@ class Metrics:
         with self._lock:
             self._count(SHED, ())
 
-    def worker_restarted(self) -> None:
-        with self._lock:
-            self._count(WORKER_RESTARTS, ())
-
     def prediction(
         self,
         model: str,
@@ -224,12 +231,13 @@ class Metrics:
         if self.folder is not None:
             self.folder.write(self.snapshot())
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format, over every worker when they share a folder."""
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) in the format the `accept` header asks for, over every worker
+        when they share a folder."""
         if self.folder is None:
-            return exposition(Snapshot(), [self.snapshot()])
+            return exposition(Snapshot(), [self.snapshot()], accept)
         self.flush()
-        return exposition(*self.folder.read_all())
+        return exposition(*self.folder.read_all(), accept)
 
 
 def _resident_bytes() -> int:
@@ -272,19 +280,23 @@ class MetricsFolder:
     def write(self, snapshot: Snapshot) -> None:
         _write_atomically(self.worker_file(snapshot), _encoder.encode(snapshot))
 
-    def retire(self, pid: int, replaced: bool) -> None:
+    def retire(self, pid: int, reason: str) -> None:
         """Called by the master when worker `pid` exits: its totals move into the retired file,
-        its live gauges go, and `replaced` counts it as a worker restart."""
+        its live gauges go, and its exit is counted under `reason` (one of EXIT_REASONS), so
+        reloads and deliberate stops are told apart from crashes and timeouts."""
+        if reason not in EXIT_REASONS:
+            raise ValueError(f"unknown worker exit reason {reason!r}")
         retired = _read(self.path / RETIRED_FILE) or Snapshot()
         for worker_file in self.path.glob(f"{WORKER_PREFIX}{pid}-*.json"):
             snapshot = _read(worker_file)
             if snapshot is not None:
                 retired = _merge([retired, snapshot], live=False)
                 retired.retired_ids = [*retired.retired_ids, snapshot.worker_id]
-        if replaced:
-            restarts = retired.counters.setdefault(WORKER_RESTARTS.name, [])
-            total = sum(value for _, value in restarts) + 1
-            retired.counters[WORKER_RESTARTS.name] = [([], total)]
+        exits = {
+            tuple(labels): value for labels, value in retired.counters.get(WORKER_EXITS.name, [])
+        }
+        exits[(reason,)] = exits.get((reason,), 0.0) + 1
+        retired.counters[WORKER_EXITS.name] = [(list(labels), n) for labels, n in exits.items()]
         retired.retired_ids = retired.retired_ids[-RETIRED_IDS_KEPT:]
         _write_atomically(self.path / RETIRED_FILE, _encoder.encode(retired))
         for worker_file in self.path.glob(f"{WORKER_PREFIX}{pid}-*.json"):
@@ -341,10 +353,11 @@ class _Collector:
         counters = dict(self._total.counters)
         for definition in COUNTERS:
             family = CounterMetricFamily(definition.name, definition.help, labels=definition.labels)
+            values = dict.fromkeys(definition.initial, 0.0)
             for labels, value in counters.get(definition.name, []):
-                family.add_metric(labels, value)
-            if not definition.labels and not counters.get(definition.name):
-                family.add_metric([], 0)
+                values[tuple(labels)] = value
+            for labels, value in values.items():
+                family.add_metric(list(labels), value)
             yield family
         histograms = dict(self._total.histograms)
         for definition in HISTOGRAMS:
@@ -384,8 +397,10 @@ class _Collector:
         yield from (memory, cpu, info)
 
 
-def exposition(retired: Snapshot, workers: list[Snapshot]) -> bytes:
-    """The Prometheus text format of the given snapshots added up."""
+def exposition(retired: Snapshot, workers: list[Snapshot], accept: str = "") -> tuple[bytes, str]:
+    """(body, content type) of the given snapshots added up: OpenMetrics when the scraper's
+    Accept header asks for it (as Prometheus does), else the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(retired, workers))
-    return generate_latest(registry)
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type

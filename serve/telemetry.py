@@ -1,5 +1,5 @@
-"""Around every request, in one Falcon middleware: the request id, the per-worker cap on
-requests in progress, the request metrics and the access log line."""
+"""Around every request, in one Falcon middleware: the request id, the count of requests in
+progress, the request metrics and the access log line. (The cap on work is serve/runner.py.)"""
 
 import re
 import time
@@ -9,7 +9,6 @@ from os import urandom
 
 import falcon.asgi
 
-from serve.errors import Overloaded
 from serve.logs import AccessLine, AccessLog
 from serve.metrics import Metrics
 from serve.request import CrystalRequest
@@ -18,7 +17,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # Client ids are kept only when short and plain, so they cannot forge or flood log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_LOGGED_CHARS = 200
-# Probes and scrapes are never shed (an overloaded worker is alive and ready), and are left out
+# Probes and scrapes are not counted in progress (a scrape would count itself), and are left out
 # of the access log unless LOG_PROBES is set: they would drown the requests that matter.
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -43,13 +42,11 @@ class RequestTelemetry:
         metrics: Metrics,
         access_log: AccessLog,
         versions: Mapping[str, str],
-        max_in_flight: int,
         log_probes: bool,
     ):
         self._metrics = metrics
         self._access_log = access_log
         self._versions = versions
-        self._max_in_flight = max_in_flight
         self._log_probes = log_probes
         self._ids = RequestIds()
 
@@ -57,17 +54,8 @@ class RequestTelemetry:
         context = req.context
         context.started = time.perf_counter()
         context.request_id = self._ids.for_header(req.get_header(REQUEST_ID_HEADER))
-        self._metrics.in_flight += 1
-
-    async def process_resource(
-        self, req: CrystalRequest, resp: falcon.asgi.Response, resource: object, params: dict
-    ) -> None:
-        """Shed once routed, so a shed request is counted under its route."""
-        if self._metrics.in_flight > self._max_in_flight and req.path not in PROBE_PATHS:
-            self._metrics.shed()
-            raise Overloaded(
-                f"more than {self._max_in_flight} requests in progress in this worker; retry"
-            )
+        if req.path not in PROBE_PATHS:
+            self._metrics.in_flight += 1
 
     async def process_response(
         self,
@@ -79,14 +67,16 @@ class RequestTelemetry:
         context = req.context
         seconds = time.perf_counter() - context.started
         metrics = self._metrics
-        metrics.in_flight -= 1
+        probe = req.path in PROBE_PATHS
+        if not probe:
+            metrics.in_flight -= 1
         resp.set_header(REQUEST_ID_HEADER, context.request_id)
         method = req.method if req.method in METHODS else "other"
         status = resp.status_code
         metrics.request(
             req.uri_template or "unmatched", method, context.model, str(status), seconds
         )
-        if not self._log_probes and req.path in PROBE_PATHS:
+        if probe and not self._log_probes:
             return
         log = self._access_log
         line = AccessLine(

@@ -208,6 +208,7 @@ class ModelReadiness:
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
         ready = self._registry.is_ready(name)
+        req.context.model = name  # counted under the model: an unknown name raised a 404 above
         _json(resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
 
     on_head = on_get
@@ -219,6 +220,7 @@ class ModelMetadata:
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
         model = self._registry.model(name)
+        req.context.model = name  # counted under the model: an unknown name raised a 404 above
         _json(
             resp,
             {
@@ -287,7 +289,7 @@ class InferResource:
     def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
         self._registry = registry
         self._decoder = InferDecoder(limits)
-        self._max_body_bytes = limits.max_body_bytes
+        self._limits = limits
         self._runner = runner
 
     def _work(
@@ -308,9 +310,9 @@ class InferResource:
             raise BadRequest(f"{BINARY_HEADER} must be a byte count", name)
         length = None if header_length is None else int(header_length)
         try:  # the droids' 422 for bad data (a corrupt gzip body included) is this protocol's 400
-            body = await read_body(req, self._max_body_bytes)
+            body = await read_body(req, self._limits)
             req.context.rows, resp.data, json_length = await self._runner.run(
-                len(body), partial(self._work, name, body, length)
+                len(body), partial(self._work, name, body, length), name
             )
         except InvalidCrystalData as exc:
             raise BadRequest(str(exc), name) from None

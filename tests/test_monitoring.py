@@ -3,6 +3,7 @@ dashboard and rules use only metrics the service exposes, and a real Prometheus 
 2-worker server answers every dashboard query and fires alerts on faults induced here."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import requests
 import yaml
 
 from harness.server import REPO_ROOT, ServerProcess, free_port
+from serve.errors import StartupError
 from serve.settings import Settings
 
 MONITORING_DIR = REPO_ROOT / "deploy" / "monitoring"
@@ -41,7 +43,7 @@ COUNTERS = (
     "crystal_predictions",
     "crystal_requests_shed",
     "crystal_worker_cpu_seconds",
-    "crystal_worker_restarts",
+    "crystal_worker_exits",
 )
 HISTOGRAMS = (
     "crystal_request_duration_seconds",
@@ -176,6 +178,60 @@ def test_every_alert_has_for_severity_annotations_and_a_firing_and_a_silent_unit
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
         outcomes = {bool(case["exp_alerts"]) for case in cases if case["alertname"] == name}
         assert outcomes == {True, False}, f"{name}: needs a firing and a silent case"
+
+
+# A setting named with a number in an alert's text: "TIMEOUT (10 s)", "MAX_IN_FLIGHT, 16".
+SETTING_WITH_NUMBER = re.compile(r"\b([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*)\b[\s,:=(]{1,3}(\d+(?:\.\d+)?)")
+
+
+def flat_settings(settings: object, prefix: str = "") -> dict[str, object]:
+    """Every field of the settings, nested ones (limits) as `limits.max_rows`."""
+    fields: dict[str, object] = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if dataclasses.is_dataclass(value):
+            fields |= flat_settings(value, f"{prefix}{field.name}.")
+        else:
+            fields[prefix + field.name] = value
+    return fields
+
+
+def numeric_default(name: str) -> float | None:
+    """The default of the numeric setting `name`, found by setting it and seeing which field
+    moves; None when `name` is not a numeric setting."""
+    defaults = flat_settings(Settings.from_env({}))
+    try:
+        changed = flat_settings(Settings.from_env({name: "12345"}))
+    except StartupError:
+        return None
+    moved = [field for field, value in changed.items() if value != defaults[field]]
+    if len(moved) != 1:
+        return None
+    default = defaults[moved[0]]
+    return float(default) if isinstance(default, int | float) else None
+
+
+def test_numeric_default_is_read_from_the_settings() -> None:
+    assert numeric_default("TIMEOUT") == Settings.from_env({}).timeout
+    assert numeric_default("MAX_ROWS") == Settings.from_env({}).limits.max_rows
+    assert numeric_default("LOG_PROBES") is None
+    assert numeric_default("WORKER") is None
+
+
+def test_settings_named_with_a_number_in_alert_texts_have_that_default() -> None:
+    """An alert that says "TIMEOUT (10 s)" must be right about the default it tells on-call."""
+    checked = []
+    for rule in alert_rules():
+        for key, text in rule["annotations"].items():
+            for name, number in SETTING_WITH_NUMBER.findall(text):
+                default = numeric_default(name)
+                if default is None:
+                    continue
+                assert float(number) == default, (
+                    f"{rule['alert']} {key} says {name} {number}, the default is {default:g}"
+                )
+                checked.append(name)
+    assert "TIMEOUT" in checked  # CrystalWorkerRestarts names it
 
 
 def test_dashboard_is_importable_and_every_panel_has_a_query() -> None:
@@ -424,6 +480,32 @@ def test_rules_evaluate_on_live_data_and_stay_quiet_on_a_healthy_service(stack: 
     recorded = [rule["record"] for rule in load_rules() if "record" in rule]
     assert all(stack.prometheus.query(name) for name in recorded), recorded
     assert stack.prometheus.firing() == set()
+
+
+def worker_exits(prometheus: Prometheus) -> dict[str, float]:
+    samples = prometheus.query(f'crystal_worker_exits_total{{job="{JOB}"}}')
+    return {sample["metric"]["reason"]: float(sample["value"][1]) for sample in samples}
+
+
+@pytest.mark.e2e
+def test_a_reload_is_counted_but_fires_no_alert(stack: Stack) -> None:
+    """A model release (SIGHUP) retires every worker: counted under reload, not a restart."""
+    stack.server.process.send_signal(signal.SIGHUP)
+    poll(
+        lambda: worker_exits(stack.prometheus).get("reload") == 2,
+        60,
+        "the two retired workers scraped as reload",
+    )
+    seen = time.time()
+
+    def evaluated_twice_since() -> bool:
+        groups = stack.prometheus.api("rules")["groups"]
+        last = [datetime.fromisoformat(group["lastEvaluation"]).timestamp() for group in groups]
+        return bool(groups) and min(last) > seen + 2
+
+    poll(evaluated_twice_since, 15, "every rule group evaluated twice after the reload")
+    assert worker_exits(stack.prometheus) == {"reload": 2, "stop": 0, "timeout": 0, "crash": 0}
+    assert "CrystalWorkerRestarts" not in stack.prometheus.firing()
 
 
 @pytest.mark.e2e

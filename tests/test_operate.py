@@ -5,17 +5,21 @@ import io
 import json
 import logging
 import re
+import threading
+from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
 from fakes import LABELS, ROWS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from serve.app import create_app
 from serve.body import read_body
 from serve.errors import PayloadTooLarge, RequestTimeout
 from serve.logs import AccessLog, JsonLineFormatter
-from serve.metrics import Metrics
+from serve.metrics import EXIT_REASONS, SHED, Metrics, MetricsFolder, Snapshot, exposition
 from serve.request import CrystalRequest
 from serve.settings import Limits, Settings
 
@@ -148,6 +152,36 @@ def test_405_names_the_allowed_methods_in_the_protocols_shape(
     assert result.headers["Allow"] == body.get("description", body.get("error")).split("use ")[1]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/sklearn",
+            {
+                "title": "501 Not Implemented",
+                "description": "BREW is not a method this server implements",
+            },
+        ),
+        (
+            "/nowhere",
+            {
+                "title": "501 Not Implemented",
+                "description": "BREW is not a method this server implements",
+            },
+        ),
+        ("/v2/models/sklearn/infer", {"error": "BREW is not a method this server implements"}),
+    ],
+)
+def test_an_unknown_method_is_501_in_the_protocols_shape(
+    client: testing.TestClient, path: str, body: dict
+) -> None:
+    """RFC 9110 (9.1): a method the server does not know is 501, not Falcon's 400."""
+    result = client.simulate_request("BREW", path)
+    assert result.status_code == 501
+    assert result.headers["content-type"] == "application/json"
+    assert result.json == body
+
+
 NO_SLASH = "(without the trailing slash)?"
 
 
@@ -197,6 +231,13 @@ def test_openapi_spec_is_served(client: testing.TestClient) -> None:
     spec = client.simulate_get("/openapi.json").json
     assert spec["openapi"].startswith("3.1")
     assert {"/sklearn", "/pytorch", "/astromech", "/metrics"} <= set(spec["paths"])
+    # Relative to the document: right on any port, and behind a proxy under any path prefix.
+    (server,) = spec["servers"]
+    for document, base in (
+        ("http://localhost:3000/openapi.json", "http://localhost:3000/"),
+        ("https://droids.example/crystal/openapi.json", "https://droids.example/crystal/"),
+    ):
+        assert urljoin(document, server["url"]) == base
 
 
 def test_request_id_is_kept_when_safe_and_replaced_otherwise(client: testing.TestClient) -> None:
@@ -270,31 +311,71 @@ def test_probes_and_scrapes_stay_out_of_the_access_log_unless_asked() -> None:
         assert [json.loads(line)["path"] for line in lines.getvalue().splitlines()] == expected
 
 
-def test_a_worker_at_its_in_flight_cap_sheds_with_503_but_answers_probes() -> None:
+class GatedClassifier(FakeClassifier):
+    """Batches of more than one row wait for `gate`, on the worker's inference thread."""
+
+    def __init__(self, rows: list[list[float]]):
+        super().__init__(rows)
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) > 1:
+            self.entered.release()
+            assert self.gate.wait(10)
+        return super().predict(batch)
+
+
+def test_work_beyond_the_cap_is_shed_with_503_while_probes_answer() -> None:
+    """Two batches at work fill a cap of 2: a third request is refused at once, in each
+    protocol's shape, probes and scrapes are answered, and once the work is done it serves."""
+    model = GatedClassifier(SKLEARN_ROWS)
     metrics = Metrics()
-    client = make_client(metrics=metrics, settings=Settings.from_env({"MAX_IN_FLIGHT": "2"}))
-    metrics.in_flight = 2  # two requests of this worker still in progress
-    shed = client.simulate_post("/sklearn", json={"crystalData": ROWS})
-    assert shed.status_code == 503
-    assert shed.headers["Retry-After"] == "1"
-    assert shed.json == {
-        "title": "Overloaded",
-        "description": "more than 2 requests in progress in this worker; retry",
-    }
-    assert client.simulate_post("/v2/models/sklearn/infer", json={}).json == {
-        "error": "more than 2 requests in progress in this worker; retry"
-    }
-    assert client.simulate_get("/v2/health/ready").status_code == 200
-    assert client.simulate_get("/v2/health/live").status_code == 200
-    assert metrics.in_flight == 2  # every request counted out as it was counted in
-    metrics.in_flight = 1
-    assert client.simulate_post("/sklearn", json={"crystalData": ROWS}).status_code == 200
-    text = client.simulate_get("/metrics").text
+    app = create_app(
+        {"sklearn": model},
+        LABELS,
+        metrics=metrics,
+        access_log=AccessLog(lambda line: None),
+        settings=Settings.from_env({"MAX_IN_FLIGHT": "2", "OFFLOAD_BYTES": "0"}),
+    )
+    body = {"crystalData": ROWS}
+
+    async def scenario() -> None:
+        async with testing.ASGIConductor(app) as conductor:
+            working = [
+                asyncio.create_task(conductor.simulate_post("/sklearn", json=body))
+                for _ in range(2)
+            ]
+            # The first computes on the worker's one inference thread, the second waits for it:
+            # both are at work once both are in progress (their bodies came whole).
+            assert await asyncio.to_thread(model.entered.acquire, timeout=10)
+            while metrics.in_flight < 2:
+                await asyncio.sleep(0.001)
+            shed = await conductor.simulate_post("/sklearn", json=body)
+            assert shed.status_code == 503
+            assert shed.headers["Retry-After"] == "1"
+            assert shed.json == {
+                "title": "Overloaded",
+                "description": "more than 2 requests at work in this worker; retry",
+            }
+            v2 = await conductor.simulate_post("/v2/models/sklearn/infer", json={})
+            assert v2.json == {"error": "more than 2 requests at work in this worker; retry"}
+            for probe in ("/v2/health/ready", "/v2/health/live", "/metrics"):
+                assert (await conductor.simulate_get(probe)).status_code == 200
+            model.gate.set()
+            assert [(await task).status_code for task in working] == [200, 200]
+            assert model.entered.acquire(timeout=10)
+            assert (await conductor.simulate_post("/sklearn", json=body)).status_code == 200
+
+    asyncio.run(scenario())
+    text = testing.TestClient(app).simulate_get("/metrics").text
     assert "crystal_requests_shed_total 2.0" in text
     assert (
-        'crystal_requests_total{endpoint="/sklearn",method="POST",model="",status="503"} 1.0'
+        'crystal_requests_total{endpoint="/sklearn",method="POST",model="sklearn",status="503"} 1.0'
         in text
     )
+    # Every request counted out as it was counted in; probes and scrapes are not counted.
+    assert "crystal_requests_in_flight 0.0" in text
 
 
 def test_json_log_formatter_writes_one_parsable_line() -> None:
@@ -330,7 +411,7 @@ def test_metrics_count_requests(client: testing.TestClient) -> None:
         assert (
             f'crystal_prediction_confidence_bucket{{le="{bound}",model="sklearn"}} {rows}.0' in text
         )
-    assert "crystal_requests_in_flight 1.0" in text  # this very request
+    assert "crystal_requests_in_flight 0.0" in text  # a scrape does not count itself
     assert re.search(r'crystal_worker_resident_memory_bytes\{worker="\d+"\} [1-9]', text)
 
 
@@ -375,12 +456,12 @@ def _pieces(body: bytes, size: int) -> list[dict]:
 def test_body_without_length_is_read_to_the_end() -> None:
     body = json.dumps({"crystalData": ROWS * 10_000}).encode()
     request = _request(_pieces(body, 65_536))
-    assert asyncio.run(read_body(request, max_bytes=len(body))) == body
+    assert asyncio.run(read_body(request, Limits(max_body_bytes=len(body)))) == body
 
 
 def test_body_without_length_over_the_limit_is_refused() -> None:
     with pytest.raises(PayloadTooLarge, match="exceeds the limit of 1000 bytes"):
-        asyncio.run(read_body(_request(_pieces(b"x" * 200_000, 600)), max_bytes=1000))
+        asyncio.run(read_body(_request(_pieces(b"x" * 200_000, 600)), Limits(max_body_bytes=1000)))
 
 
 @pytest.mark.parametrize("content_length", [None, 1000])
@@ -389,4 +470,113 @@ def test_a_body_cut_short_is_a_timeout_not_a_whole_body(content_length: int | No
     events = [*_pieces(b"x" * 10, 5)[:1], {"type": "http.disconnect"}]
     events[0]["more_body"] = True
     with pytest.raises(RequestTimeout, match="the request body stopped before its end"):
-        asyncio.run(read_body(_request(events, content_length), max_bytes=10_000))
+        asyncio.run(read_body(_request(events, content_length), Limits(max_body_bytes=10_000)))
+
+
+def test_a_body_dripped_past_body_timeout_is_a_timeout() -> None:
+    """A byte every few milliseconds never trips TIMEOUT (a pause), but BODY_TIMEOUT bounds the
+    whole body: without it such a client held its connection for as long as it pleased."""
+    drip = {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def receive() -> dict:
+        await asyncio.sleep(0.01)
+        return drip
+
+    scope = testing.create_scope(method="POST", path="/sklearn")
+    request = CrystalRequest(scope, receive, first_event=drip)
+    with pytest.raises(RequestTimeout, match=r"did not arrive whole within 0\.2 s"):
+        asyncio.run(read_body(request, Limits(body_timeout=0.2)))
+
+
+# --- /metrics: formats, HEAD, the model of metadata requests, worker exits ---------------------
+
+# What Prometheus 2 asks a target for.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def test_metrics_answer_in_openmetrics_when_asked_and_in_text_by_default(
+    client: testing.TestClient,
+) -> None:
+    text = client.simulate_get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain;")
+    assert "# EOF" not in text.text
+    scrape = client.simulate_get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert scrape.text.endswith("# EOF\n")
+    families = {family.name for family in text_string_to_metric_families(scrape.text)}
+    assert {"crystal_requests", "crystal_worker_exits", "crystal_request_rows"} <= families
+
+
+def test_metrics_answer_head(client: testing.TestClient) -> None:
+    result = client.simulate_head("/metrics")
+    assert result.status_code == 200
+    assert result.content == b""
+    assert result.headers["content-type"].startswith("text/plain;")
+
+
+def test_model_metadata_and_readiness_are_counted_under_their_model(
+    client: testing.TestClient,
+) -> None:
+    client.simulate_get("/v2/models/sklearn")
+    client.simulate_get("/v2/models/pytorch/ready")
+    client.simulate_head("/v2/models/pytorch/ready")
+    client.simulate_get("/v2/models/keras")
+    text = client.simulate_get("/metrics").text
+    series = 'crystal_requests_total{{endpoint="{}",method="{}",model="{}",status="{}"}} 1.0'
+    assert series.format("/v2/models/{name}", "GET", "sklearn", 200) in text
+    assert series.format("/v2/models/{name}/ready", "GET", "pytorch", 200) in text
+    assert series.format("/v2/models/{name}/ready", "HEAD", "pytorch", 200) in text
+    assert series.format("/v2/models/{name}", "GET", "", 404) in text  # no such model
+
+
+def worker_exits(text: str) -> dict[str, float]:
+    """crystal_worker_exits_total by reason, from the text format."""
+    found = re.findall(r'^crystal_worker_exits_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+    return {reason: float(value) for reason, value in found}
+
+
+def scrape(folder: MetricsFolder) -> str:
+    return exposition(*folder.read_all())[0].decode()
+
+
+def write_worker(folder: MetricsFolder, pid: int, shed: float) -> None:
+    """A live worker's snapshot, as a worker publishes it."""
+    folder.write(Snapshot(counters={SHED.name: [([], shed)]}, pid=pid, worker_id=f"{pid}-1"))
+
+
+def test_every_exit_reason_is_exported_at_zero_before_any_exit(tmp_path: Path) -> None:
+    """So the first crash is an increase a rate sees, not a series appearing at 1."""
+    assert worker_exits(scrape(MetricsFolder(tmp_path))) == dict.fromkeys(EXIT_REASONS, 0.0)
+
+
+@pytest.mark.parametrize("reason", EXIT_REASONS)
+def test_a_retired_worker_is_counted_under_its_exit_reason(tmp_path: Path, reason: str) -> None:
+    folder = MetricsFolder(tmp_path)
+    write_worker(folder, 101, shed=3)
+    write_worker(folder, 102, shed=4)
+    folder.retire(101, reason)
+    text = scrape(folder)
+    assert worker_exits(text) == {**dict.fromkeys(EXIT_REASONS, 0.0), reason: 1.0}
+    assert "crystal_requests_shed_total 7.0" in text  # the retired worker's counts stay
+    assert re.findall(r'crystal_worker_resident_memory_bytes\{worker="(\d+)"\}', text) == ["102"]
+
+
+def test_worker_exits_add_up_per_reason(tmp_path: Path) -> None:
+    """A reload of two workers, a scale-down, a timeout and two crashes."""
+    folder = MetricsFolder(tmp_path)
+    reasons = ["reload", "reload", "stop", "timeout", "crash", "crash"]
+    for pid, reason in enumerate(reasons, start=200):
+        write_worker(folder, pid, shed=1)
+        folder.retire(pid, reason)
+    text = scrape(folder)
+    assert worker_exits(text) == {"reload": 2.0, "stop": 1.0, "timeout": 1.0, "crash": 2.0}
+    assert "crystal_requests_shed_total 6.0" in text
+
+
+def test_an_unknown_exit_reason_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown worker exit reason 'restart'"):
+        MetricsFolder(tmp_path).retire(300, "restart")

@@ -1,9 +1,11 @@
 """Model versions end to end: every prediction names its model and version, and SIGHUP reloads
-only models that pass the start-up check, for every worker at once."""
+only models that pass the start-up check, for every worker at once. Worker exits are counted by
+reason: a reload or a scale-down apart from a crash or a timeout."""
 
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -105,13 +107,61 @@ def test_reload_with_new_models_switches_every_worker(tmp_path: Path) -> None:
         }
         write_models_dir(models, new)
         expected = {f"{n}/{hashlib.sha256(d).hexdigest()[:12]}" for n, d in new.items()}
+        old_workers = set(live.worker_pids())
         live.process.send_signal(signal.SIGHUP)
+        # The old workers accept until they notice their SIGTERM (gunicorn looks once a second),
+        # then finish what they accepted and exit: from then on only the new models answer.
         deadline = time.monotonic() + 30
-        while served_versions(live, times=2) != expected:
-            assert time.monotonic() < deadline, "the new models were never served alone"
-            time.sleep(0.2)
+        while old_workers & set(live.worker_pids()) or len(live.worker_pids()) != 2:
+            assert time.monotonic() < deadline, "the old workers never exited"
+            time.sleep(0.1)
         assert served_versions(live) == expected
         model_lines = [json.loads(x) for x in live.output.splitlines() if '"message":"model"' in x]
         assert {f"{x['model']}/{x['version']}" for x in model_lines[-2:]} == expected
+    finally:
+        assert live.stop() == 0
+
+
+def worker_exits(live: ServerProcess) -> dict[str, float]:
+    """crystal_worker_exits_total by reason, as /metrics reports it now."""
+    text = requests.get(live.url + "/metrics", timeout=10).text
+    found = re.findall(r'^crystal_worker_exits_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+    return {reason: float(value) for reason, value in found}
+
+
+def wait_for_exits(live: ServerProcess, expected: dict[str, float], seconds: float = 60) -> None:
+    """Polls /metrics until the exits by reason are `expected` (reasons left out are 0)."""
+    expected = {"reload": 0, "stop": 0, "timeout": 0, "crash": 0, **expected}
+    deadline = time.monotonic() + seconds
+    while (seen := worker_exits(live)) != expected:
+        assert time.monotonic() < deadline, f"worker exits {seen}, expected {expected}"
+        time.sleep(0.1)
+
+
+def test_worker_exits_are_counted_by_reason() -> None:
+    """A reload retires both workers, a SIGKILL is a crash, a scale-down (TTOU) a stop."""
+    live = ServerProcess().wait_ready()
+    try:
+        wait_for_exits(live, {})
+        live.process.send_signal(signal.SIGHUP)
+        wait_for_exits(live, {"reload": 2})
+        replace_worker(live)
+        wait_for_exits(live, {"reload": 2, "crash": 1})
+        live.process.send_signal(signal.SIGTTOU)
+        wait_for_exits(live, {"reload": 2, "crash": 1, "stop": 1})
+        assert len(live.worker_pids()) == 1
+    finally:
+        assert live.stop() == 0
+
+
+def test_a_worker_that_stops_reporting_is_counted_as_a_timeout() -> None:
+    """A frozen worker (SIGSTOP) misses TIMEOUT: gunicorn kills it, and it is no crash."""
+    live = ServerProcess({"TIMEOUT": "3"}).wait_ready()
+    try:
+        frozen = live.worker_pids()[0]
+        os.kill(frozen, signal.SIGSTOP)
+        wait_for_exits(live, {"timeout": 1}, seconds=30)
+        assert frozen not in live.worker_pids()
+        assert f"WORKER TIMEOUT (pid:{frozen})" in live.output
     finally:
         assert live.stop() == 0

@@ -127,7 +127,7 @@ def test_error_statuses(
 
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
-    [("GET", "/astromech", "POST, OPTIONS"), ("POST", "/metrics", "GET, OPTIONS")],
+    [("GET", "/astromech", "POST, OPTIONS"), ("POST", "/metrics", "GET, HEAD, OPTIONS")],
 )
 def test_wrong_method_is_405_naming_the_allowed_ones(
     server: ServerProcess, method: str, path: str, allowed: str
@@ -140,6 +140,16 @@ def test_wrong_method_is_405_naming_the_allowed_ones(
         "description": f"{method} is not allowed on {path}; use {allowed}",
     }
     assert response.headers["Allow"] == allowed
+
+
+def test_an_unknown_method_is_501(server: ServerProcess) -> None:
+    """Through gunicorn's parser as in-process (test_operate.py)."""
+    response = requests.request("BREW", server.url + "/sklearn", timeout=10)
+    assert response.status_code == 501
+    assert strict_json(response) == {
+        "title": "501 Not Implemented",
+        "description": "BREW is not a method this server implements",
+    }
 
 
 def test_ten_thousand_rows(server: ServerProcess) -> None:

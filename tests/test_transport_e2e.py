@@ -18,7 +18,7 @@ from harness.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BODY = json.dumps({"crystalData": [[0.92, 0.12, 0.31, 0.09]]}).encode()
-# Short timeouts so each case runs in seconds; one worker so the in-flight cap is deterministic.
+# Short timeouts so each case runs in seconds; one worker so the cap on work is deterministic.
 SETTINGS = {
     "WORKERS": "1",
     "HEADER_TIMEOUT": "2",
@@ -180,31 +180,86 @@ def test_answers_the_server_writes_itself_are_json(
     assert set(body) == {"title", "description"}
 
 
-def test_overload_is_shed_with_503_and_probes_still_answer(server: ServerProcess) -> None:
-    """Four uploads in progress fill the worker's cap of 4: a fifth request is refused at once,
-    probes are still answered, and once the uploads time out the worker serves again."""
+def test_stalled_uploads_hold_no_work_slot(server: ServerProcess) -> None:
+    """Twice the worker's cap of 4 in uploads that declare a body, send 10 bytes and stop:
+    normal requests are all answered 200 meanwhile (once, they filled the cap and every other
+    request got 503 until the uploads timed out), and the uploads end in 408."""
     head = b"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[[1,"
-    uploads = [connect(server) for _ in range(4)]
+    uploads = [connect(server) for _ in range(2 * int(SETTINGS["MAX_IN_FLIGHT"]))]
     try:
         for sock in uploads:
             sock.sendall(head)
         time.sleep(0.3)
-        started = time.monotonic()
-        shed = requests.post(server.url + "/sklearn", data=BODY, timeout=10)
-        assert time.monotonic() - started < 1.5  # at once, not when the uploads time out (2 s)
-        assert shed.status_code == 503
-        assert shed.headers["Retry-After"] == "1"
-        assert shed.json()["title"] == "Overloaded"
+        for _ in range(20):
+            post_ok(server)
         assert requests.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
-        assert requests.get(server.url + "/v2/health/live", timeout=10).status_code == 200
         for sock in uploads:
             assert answer(read_until_closed(sock))[0] == 408
     finally:
         for sock in uploads:
             sock.close()
     post_ok(server)
+
+
+def test_work_beyond_the_cap_is_shed_with_503_and_probes_still_answer(
+    server: ServerProcess,
+) -> None:
+    """Twelve large batches at once against a cap of 4 at work: some are refused at once with
+    503 and Retry-After, the others answered, probes answered throughout; none fails otherwise."""
+    rows = [[0.92, 0.12, 0.31, 0.09]] * 50_000
+    body = json.dumps({"crystalData": rows}).encode()
+    statuses: list[int] = []
+
+    def post() -> None:
+        response = requests.post(server.url + "/sklearn", data=body, timeout=30)
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "1"
+            assert response.json()["title"] == "Overloaded"
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    assert requests.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+    for thread in threads:
+        thread.join()
+    assert set(statuses) == {200, 503}
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert re.search(r"^crystal_requests_shed_total [1-9]", metrics, re.M)
+
+
+def test_expect_continue_over_the_limit_gets_413_without_100_continue(
+    server: ServerProcess,
+) -> None:
+    """A declared Content-Length over MAX_BODY_BYTES is refused on the head alone: the client
+    is not invited to send the body (once it got 100 Continue, then 408 after TIMEOUT)."""
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /sklearn HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        sock.settimeout(1.5)  # well within TIMEOUT (2 s): the answer must not wait for it
+        raw = read_until_closed(sock)
+    assert not raw.startswith(b"HTTP/1.1 100")
+    status, _, body = answer(raw)
+    assert status == 413
+    assert body == {
+        "title": "Request too large",
+        "description": "body of 100000000 bytes exceeds the limit of 16777216",
+    }
+
+
+def test_expect_continue_within_the_limit_is_invited_and_answered(server: ServerProcess) -> None:
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /sklearn HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(BODY)
+        status, _, body = answer(read_until_closed(sock))
+    assert status == 200
+    assert body["prediction"] == ["blue"]
 
 
 def test_silent_and_slow_header_connections_do_not_delay_others(server: ServerProcess) -> None:
