@@ -17,6 +17,7 @@ from serve.compression import ResponseCompression
 from serve.errors import ServiceError
 from serve.logs import AccessLog
 from serve.metrics import FOLDER_ENV, Metrics, MetricsFolder
+from serve.protocol import Routes
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
 from serve.runner import BatchRunner
@@ -26,34 +27,34 @@ from serve.telemetry import RequestTelemetry
 logger = logging.getLogger("serve")
 
 
-def _error_body(req: CrystalRequest, title: str, description: str) -> bytes:
-    """The Open Inference Protocol's routes answer in its shape, all others in the droids'."""
-    if req.path == v2.PREFIX or req.path.startswith(v2.PREFIX + "/"):
-        return v2.error_body(title, description)
-    return droid.error_body(title, description)
-
-
-def _answer_error(
-    req: CrystalRequest,
-    resp: falcon.asgi.Response,
-    status: str,
-    title: str,
-    description: str,
-    headers: Mapping[str, str],
-) -> None:
-    req.context.error = description
-    resp.status = status
-    resp.set_headers(headers)
-    resp.content_type = falcon.MEDIA_JSON
-    resp.data = _error_body(req, title, description)
+# The front doors onto the one inference path (serve/protocol.py), in this order: the first
+# answers errors on paths no protocol claims.
+PROTOCOLS = (droid.DroidProtocol, v2.OpenInferenceProtocol)
 
 
 class ErrorAnswers:
     """The error handlers: typed service errors, Falcon's own (no route, wrong method), and
-    anything unexpected, which is logged with its traceback and answered without internals."""
+    anything unexpected, which is logged with its traceback and answered without internals;
+    each in the JSON shape of the request's protocol."""
 
-    def __init__(self, router: falcon.routing.CompiledRouter):
+    def __init__(self, router: falcon.routing.CompiledRouter, routes: Routes):
         self._router = router
+        self._routes = routes
+
+    def _answer(
+        self,
+        req: CrystalRequest,
+        resp: falcon.asgi.Response,
+        status: str,
+        title: str,
+        description: str,
+        headers: Mapping[str, str],
+    ) -> None:
+        req.context.error = description
+        resp.status = status
+        resp.set_headers(headers)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._routes.protocol_of(req).error_body(title, description)
 
     async def service_error(
         self, req: CrystalRequest, resp: falcon.asgi.Response, error: ServiceError, params: dict
@@ -69,7 +70,7 @@ class ErrorAnswers:
             )
         if error.model:
             req.context.model = error.model
-        _answer_error(req, resp, error.status, error.title, str(error), error.headers)
+        self._answer(req, resp, error.status, error.title, str(error), error.headers)
 
     async def http_error(
         self, req: CrystalRequest, resp: falcon.asgi.Response, error: falcon.HTTPError, params: dict
@@ -88,7 +89,7 @@ class ErrorAnswers:
             bare = req.path.rstrip("/")
             if bare and bare != req.path and self._router.find(bare) is not None:
                 description += f"; did you mean {bare[:100]} (without the trailing slash)?"
-        _answer_error(req, resp, error.status, error.title, description, error.headers or {})
+        self._answer(req, resp, error.status, error.title, description, error.headers or {})
 
     async def unexpected_error(
         self, req: CrystalRequest, resp: falcon.asgi.Response, error: Exception, params: dict
@@ -100,7 +101,7 @@ class ErrorAnswers:
             exc_info=error,
             extra={"fields": {"request_id": req.context.request_id}},
         )
-        _answer_error(
+        self._answer(
             req, resp, falcon.HTTP_500, "Internal Server Error", "the server failed to answer", {}
         )
 
@@ -182,14 +183,13 @@ def create_app(
         request_type=CrystalRequest,
         router=router,
     )
-    errors = ErrorAnswers(router)
+    routes = Routes(app, [protocol(registry, limits, runner) for protocol in PROTOCOLS])
+    errors = ErrorAnswers(router, routes)
     app.add_error_handler(Exception, errors.unexpected_error)
     app.add_error_handler(falcon.HTTPError, errors.http_error)
     app.add_error_handler(ServiceError, errors.service_error)
-    droid.add_routes(app, droid.DroidProtocol(registry, limits, runner), list(models))
-    v2.add_routes(app, registry, limits, runner)
     app.add_route("/metrics", MetricsResource(metrics))
-    app.add_route("/openapi.json", OpenApiSpec(openapi.build_spec(registry)))
+    app.add_route("/openapi.json", OpenApiSpec(openapi.build_spec(registry, routes.protocols)))
     return app
 
 

@@ -54,7 +54,7 @@ class ResponseCompression:
         resp.append_header("Vary", "Accept-Encoding")
         if not accepts_gzip(req.get_header("Accept-Encoding")):
             return
-        resp.data = await self._runner.run(
+        resp.data = await self._runner.compute(
             len(data), partial(gzip.compress, data, compresslevel=LEVEL, mtime=0)
         )
         resp.set_header("Content-Encoding", "gzip")

@@ -6,6 +6,7 @@ C and names the JSON path of the first fault. JSON has no NaN or Infinity, and m
 numbers that overflow a float64, so a decoded batch holds finite values within the bound only.
 """
 
+import json
 from collections.abc import Sequence
 from functools import partial
 from typing import Annotated, Any
@@ -15,15 +16,19 @@ import falcon.asgi
 import msgspec
 import numpy as np
 
+from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
-from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge
-from serve.registry import ModelRegistry
+from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge, StartupError
+from serve.protocol import AddRoute, Examples
+from serve.registry import WARM_UP_ROW, ModelRegistry
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
 
 ASTROMECH = "astromech"
 MAX_ECHO = 40
+MODEL_PATH = "/{model}"  # droid.json's per-model path item; "{model}" in it becomes each name
+UNSERVED_MODEL = "R2-D2"  # model names are lower case, so no served model is called this
 
 _encoder = msgspec.json.Encoder()
 
@@ -33,10 +38,6 @@ class _ModelField(msgspec.Struct):
 
 
 _model_decoder = msgspec.json.Decoder(_ModelField)
-
-
-def error_body(title: str, description: str) -> bytes:
-    return _encoder.encode({"title": title, "description": description})
 
 
 def _invalid(exc: Exception, model: str = "") -> InvalidCrystalData:
@@ -126,7 +127,10 @@ class AnswerRenderer:
 
 
 class DroidProtocol:
-    """Decode, predict through the registry, render: the droids' whole request path."""
+    """The droids' front door (serve/protocol.py): decode, predict through the registry, render;
+    `POST /<model>` per served model and `POST /astromech`; errors `{"title", "description"}`."""
+
+    namespace = ""  # its routes sit at the root, beside the others
 
     def __init__(
         self,
@@ -164,6 +168,49 @@ class DroidProtocol:
         resp.content_type = falcon.MEDIA_JSON
         resp.set_header(MODEL_VERSION_HEADER, self._registry.version_tag(model))
 
+    def add_routes(self, add: AddRoute) -> None:
+        for name in sorted(self._registry.names):
+            add(f"/{name}", ModelResource(self, name))
+        add(f"/{ASTROMECH}", AstromechResource(self))
+
+    def error_body(self, title: str, description: str) -> bytes:
+        return _encoder.encode({"title": title, "description": description})
+
+    def openapi_paths(self, examples: Examples) -> dict:
+        """A path item per served model from the one template, then /astromech."""
+        paths = openapi.template("droid.json")
+        per_model = json.dumps(paths.pop(MODEL_PATH))
+        request = {"crystalData": [WARM_UP_ROW]}
+        items = {}
+        for name in sorted(self._registry.names):
+            item = json.loads(per_model.replace("{model}", name))
+            openapi.content(item["post"])["example"] = request
+            if name in examples.answers:
+                answer = self._example_answer(examples.answers[name])
+                openapi.content(item["post"], "200")["example"] = answer
+            items[f"/{name}"] = item
+        astromech = paths["/astromech"]["post"]
+        openapi.content(astromech, "400")["example"] = self._unserved_model_answer()
+        if examples.shown is not None:
+            openapi.content(astromech)["example"] = {**request, "model": examples.shown}
+            answer = self._example_answer(examples.answers[examples.shown])
+            openapi.content(astromech, "200")["example"] = answer
+        return items | paths
+
+    def _example_answer(self, probabilities: np.ndarray) -> dict:
+        """What the droids' endpoints answer, rendered as they render it."""
+        labels = self._registry.labels_of(probabilities)
+        return msgspec.json.decode(self._render(probabilities, labels))
+
+    def _unserved_model_answer(self) -> dict:
+        """/astromech's own answer to a model it does not serve: it lists the served ones."""
+        body = msgspec.json.encode({"crystalData": [WARM_UP_ROW], "model": UNSERVED_MODEL})
+        try:
+            self._decoder.astromech(body)
+        except InvalidModel as error:
+            return {"title": error.title, "description": str(error)}
+        raise StartupError(f"/astromech accepts the model {UNSERVED_MODEL!r}")
+
 
 class ModelResource:
     """POST /<model>: one fixed model. Bodies are JSON whatever their Content-Type."""
@@ -185,9 +232,3 @@ class AstromechResource:
 
     async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
         await self._protocol.respond(req, resp, ASTROMECH)
-
-
-def add_routes(app: falcon.asgi.App, protocol: DroidProtocol, models: Sequence[str]) -> None:
-    for name in sorted(models):
-        app.add_route(f"/{name}", ModelResource(protocol, name))
-    app.add_route(f"/{ASTROMECH}", AstromechResource(protocol))

@@ -30,8 +30,8 @@ class BatchRunner:
         self.working = 0
 
     async def run(self, body_bytes: int, work: Callable[[], T], model: str = "") -> T:
-        """`work()`'s result, or Overloaded (503) at once when the worker has `max_working`
-        requests at work already."""
+        """A request's work, admitted under the cap: `work()`'s result, or Overloaded (503) at
+        once when the worker has `max_working` requests at work already."""
         if self.working >= self._max_working:
             self._metrics.shed()
             raise Overloaded(
@@ -39,8 +39,13 @@ class BatchRunner:
             )
         self.working += 1
         try:
-            if body_bytes <= self._offload_bytes:
-                return work()
-            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+            return await self.compute(body_bytes, work)
         finally:
             self.working -= 1
+
+    async def compute(self, size: int, work: Callable[[], T]) -> T:
+        """`work()` inline when `size` is small, else on the inference thread; not admitted
+        (the answer of a request already past the cap, such as its compression)."""
+        if size <= self._offload_bytes:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)

@@ -16,11 +16,13 @@ import falcon.asgi
 import msgspec
 import numpy as np
 
+from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.classifier import Classifier
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
-from serve.registry import ModelRegistry
+from serve.protocol import AddRoute, Examples
+from serve.registry import WARM_UP_ROW, ModelRegistry
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
@@ -167,11 +169,6 @@ def _bytes_tensor(values: list[str]) -> bytes:
     """BYTES elements in the binary extension's form: a 4-byte little-endian length, then them."""
     encoded = [value.encode() for value in values]
     return b"".join(len(value).to_bytes(4, "little") + value for value in encoded)
-
-
-def error_body(title: str, description: str) -> bytes:
-    """The protocol's error shape: one message (the title is the droids' protocol's extra)."""
-    return _encoder.encode({"error": description})
 
 
 def _json(resp: falcon.asgi.Response, document: object, status: str = falcon.HTTP_200) -> None:
@@ -324,12 +321,51 @@ class InferResource:
         resp.set_header(MODEL_VERSION_HEADER, self._registry.version_tag(name))
 
 
-def add_routes(
-    app: falcon.asgi.App, registry: ModelRegistry, limits: Limits, runner: BatchRunner
-) -> None:
-    app.add_route(PREFIX, ServerMetadata())
-    app.add_route(f"{PREFIX}/health/live", Probe(None))
-    app.add_route(f"{PREFIX}/health/ready", Probe(registry))
-    app.add_route(f"{PREFIX}/models/{{name}}", ModelMetadata(registry))
-    app.add_route(f"{PREFIX}/models/{{name}}/ready", ModelReadiness(registry))
-    app.add_route(f"{PREFIX}/models/{{name}}/infer", InferResource(registry, limits, runner))
+class OpenInferenceProtocol:
+    """The Open Inference Protocol's front door (serve/protocol.py): everything under /v2,
+    errors `{"error": ...}`, on the same inference path as the droids'."""
+
+    namespace = PREFIX
+
+    def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
+        self._registry = registry
+        self._limits = limits
+        self._runner = runner
+
+    def add_routes(self, add: AddRoute) -> None:
+        registry = self._registry
+        add(PREFIX, ServerMetadata())
+        add(f"{PREFIX}/health/live", Probe(None))
+        add(f"{PREFIX}/health/ready", Probe(registry))
+        add(f"{PREFIX}/models/{{name}}", ModelMetadata(registry))
+        add(f"{PREFIX}/models/{{name}}/ready", ModelReadiness(registry))
+        add(f"{PREFIX}/models/{{name}}/infer", InferResource(registry, self._limits, self._runner))
+
+    def error_body(self, title: str, description: str) -> bytes:
+        """One message: the title is the droids' protocol's extra."""
+        return _encoder.encode({"error": description})
+
+    def openapi_paths(self, examples: Examples) -> dict:
+        paths = openapi.template("v2.json")
+        shown = examples.shown
+        if shown is not None:
+            infer = paths[f"{PREFIX}/models/{{name}}/infer"]["post"]
+            tensor = {
+                "name": INPUT_NAME,
+                "shape": [1, N_FEATURES],
+                "datatype": "FP64",
+                "data": list(WARM_UP_ROW),
+            }
+            openapi.content(infer)["example"] = {"id": openapi.EXAMPLE_ID, "inputs": [tensor]}
+            openapi.content(infer, "200")["example"] = self._example_answer(
+                shown, examples.answers[shown]
+            )
+        return paths
+
+    def _example_answer(self, name: str, probabilities: np.ndarray) -> dict:
+        """What `POST /v2/models/{name}/infer` answers, both outputs in JSON."""
+        outputs = tuple((output, False) for output in OUTPUT_NAMES)
+        labels = self._registry.labels_of(probabilities)
+        model = self._registry.model(name)
+        answer, _ = render_answer(name, model, openapi.EXAMPLE_ID, probabilities, labels, outputs)
+        return msgspec.json.decode(answer)

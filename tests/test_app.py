@@ -2,6 +2,7 @@
 
 import json
 
+import falcon.asgi
 import msgspec
 import numpy as np
 import pytest
@@ -16,8 +17,13 @@ from fakes import (
 )
 from falcon import testing
 
+import serve.app
 from serve.app import create_app
 from serve.errors import StartupError
+from serve.protocol import AddRoute, Examples
+from serve.registry import ModelRegistry
+from serve.runner import BatchRunner
+from serve.settings import Limits
 
 
 @pytest.fixture
@@ -152,3 +158,55 @@ def test_large_batch(client: testing.TestClient) -> None:
     result = client.simulate_post("/sklearn", json={"crystalData": rows})
     assert result.status_code == 200
     assert len(result.json["scores"]) == 10_000
+
+
+class EchoProtocol:
+    """A third front door, as a new protocol module would add one: its route, its error shape,
+    its path item."""
+
+    namespace = "/echo"
+
+    def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
+        self._registry = registry
+
+    def add_routes(self, add: AddRoute) -> None:
+        add("/echo/{name}", EchoResource(self._registry))
+
+    def error_body(self, title: str, description: str) -> bytes:
+        return json.dumps({"echo_error": description}).encode()
+
+    def openapi_paths(self, examples: Examples) -> dict:
+        return {"/echo/{name}": {"get": {"responses": {"200": {"description": "the model"}}}}}
+
+
+class EchoResource:
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    async def on_get(self, req: object, resp: falcon.asgi.Response, name: str) -> None:
+        resp.media = {"model": name, "version": self._registry.model(name).version}
+
+
+def test_a_protocol_is_one_entry_in_protocols(
+    models: dict[str, FakeClassifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its routes, its error shape (for its routes, whatever the error, and for unmatched paths
+    under its namespace) and its OpenAPI paths, from one entry; the others keep theirs."""
+    monkeypatch.setattr(serve.app, "PROTOCOLS", (*serve.app.PROTOCOLS, EchoProtocol))
+    client = testing.TestClient(create_app(models, LABELS))
+    assert client.simulate_get("/echo/sklearn").json == {
+        "model": "sklearn",
+        "version": "0123456789ab",
+    }
+    assert client.simulate_get("/echo/keras").json == {"echo_error": "no model named 'keras'"}
+    assert client.simulate_post("/echo/sklearn").json == {
+        "echo_error": "POST is not allowed on /echo/sklearn; use GET, OPTIONS"
+    }
+    assert client.simulate_get("/echo").json == {"echo_error": "no route /echo"}
+    assert client.simulate_get("/echo/a/b").json == {"echo_error": "no route /echo/a/b"}
+    assert client.simulate_get("/echoes").json == {
+        "title": "404 Not Found",
+        "description": "no route /echoes",
+    }
+    assert client.simulate_get("/v2/nothing").json == {"error": "no route /v2/nothing"}
+    assert "/echo/{name}" in client.simulate_get("/openapi.json").json["paths"]

@@ -1,16 +1,20 @@
 """gzip both ways: answers above GZIP_MIN_BYTES for clients that accept gzip, and request bodies
 bounded as sent and as inflated; any other content encoding is refused."""
 
+import asyncio
 import gzip
 import json
 import zlib
 
+import falcon.asgi
 import pytest
 from fakes import LABELS, SKLEARN_ROWS, FakeClassifier
 from falcon import testing
 
 from serve.app import create_app
-from serve.compression import accepts_gzip
+from serve.compression import ResponseCompression, accepts_gzip
+from serve.metrics import Metrics
+from serve.runner import BatchRunner
 from serve.settings import Limits, Settings
 
 ROW = [0.92, 0.12, 0.31, 0.09]
@@ -41,6 +45,18 @@ def test_large_answers_are_gzipped_for_clients_that_accept_it(client: testing.Te
     assert packed.headers["Content-Encoding"] == "gzip"
     assert len(packed.content) < len(plain.content) / 4
     assert gzip.decompress(packed.content) == plain.content
+
+
+def test_an_answer_is_compressed_even_when_the_cap_on_work_is_full() -> None:
+    """Compressing an answer is the end of work already admitted: it never answers 503."""
+    runner = BatchRunner(0, 1, Metrics())
+    runner.working = 1  # another request holds the only slot
+    compression = ResponseCompression(1000, runner)
+    resp = falcon.asgi.Response()
+    resp.data = json.dumps({"scores": [ROW] * 100}).encode()
+    request = testing.create_asgi_req(headers={"Accept-Encoding": "gzip"})
+    asyncio.run(compression.process_response(request, resp, None, True))
+    assert gzip.decompress(resp.data) == json.dumps({"scores": [ROW] * 100}).encode()
 
 
 def test_small_answers_are_sent_as_they_are(client: testing.TestClient) -> None:

@@ -15,12 +15,15 @@ from openapi_spec_validator import validate
 from served import check_answers_against_the_served_spec
 
 from harness.server import REPO_ROOT, ServerProcess, rss_mb
+from serve.app import PROTOCOLS
 from serve.classifier import OnnxClassifier
 from serve.labels import load_labels
 from serve.manifest import read_manifest
 from serve.metrics import Metrics
 from serve.openapi import build_spec
 from serve.registry import ModelRegistry
+from serve.runner import BatchRunner
+from serve.settings import Limits
 
 pytestmark = pytest.mark.e2e
 
@@ -193,6 +196,8 @@ def test_spec_for_the_committed_models_is_valid() -> None:
     model_files = read_manifest(COMMITTED_MODELS)
     models = {f.name: OnnxClassifier(f.name, f.read_verified()) for f in model_files}
     registry = ModelRegistry(models, load_labels(REPO_ROOT / "labels.txt"), Metrics())
-    spec = json.loads(build_spec(registry))
+    runner = BatchRunner(0, 1, Metrics())
+    protocols = [protocol(registry, Limits(), runner) for protocol in PROTOCOLS]
+    spec = json.loads(build_spec(registry, protocols))
     validate(spec)
     assert {f"/{f.name}" for f in model_files} <= set(spec["paths"])
