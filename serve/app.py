@@ -11,7 +11,7 @@ from pathlib import Path
 import falcon
 import falcon.asgi
 
-from serve import droid, openapi, release, v2
+from serve import docs, droid, openapi, release, v2
 from serve.classifier import Classifier, OnnxClassifier
 from serve.compression import ResponseCompression
 from serve.errors import ServiceError
@@ -190,6 +190,7 @@ def create_app(
     app.add_error_handler(ServiceError, errors.service_error)
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiSpec(openapi.build_spec(registry, routes.protocols)))
+    docs.add_routes(app)
     return app
 
 
