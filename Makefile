@@ -10,7 +10,7 @@ PYTORCH_MODEL ?= export/sources/pytorch.pt
 MODELS ?= sklearn=$(SKLEARN_MODEL) pytorch=$(PYTORCH_MODEL)
 OUT ?= onnx_models
 
-.PHONY: install runtime serve export test lint format sources bench soak
+.PHONY: install runtime serve export test lint format sources bench soak test-upstream
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,17 @@ monitoring-tools:
 		service prometheus stop >/dev/null 2>&1 || true; \
 	else echo "monitoring-tools: promtool missing and apt-get unavailable or not root"; fi
 
-test: lint monitoring-tools
+# Headless Chromium for tests/test_docs_browser.py: Debian's package, only when missing. Without
+# apt-get or root, that test skips and says why.
+.PHONY: chromium
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium || exit 1; \
+	else echo "chromium: missing and apt-get unavailable or not root"; fi
+
+test: lint monitoring-tools chromium
 	$(BIN)/python -m pytest
 
 # Benchmark: the service against the floor and native designs (a few minutes; see README).
@@ -71,3 +81,23 @@ bench: install
 # Load with faults: a minute of mixed load while a worker is killed, the server reloaded and stopped.
 soak: install
 	$(BIN)/python -m tools.soak --seconds 60 --clients 8
+
+# The newest gunicorn and gunicorn-h1c releases against serve/worker.py, in a throwaway venv (not
+# part of `make test`): the check of the private gunicorn names it uses, and the transport tests.
+UPSTREAM_VENV ?= /tmp/crystal-test-upstream
+UPSTREAM_TESTS := tests/test_worker.py tests/test_transport_e2e.py tests/test_hostile_e2e.py
+test-upstream:
+	$(PYTHON) -m venv --clear $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		-r requirements.txt -r tests/requirements.txt
+	$(UPSTREAM_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade \
+		gunicorn gunicorn-h1c
+	@version=$$($(UPSTREAM_VENV)/bin/python -c 'import gunicorn; print(gunicorn.__version__)'); \
+	pinned=$$(sed -n 's/^gunicorn==//p' requirements.txt); \
+	if [ "$$version" = "$$pinned" ]; then echo "test-upstream: the newest gunicorn is the pinned $$version"; \
+	else echo "test-upstream: the newest gunicorn is $$version (requirements.txt pins $$pinned)"; fi; \
+	failed=""; \
+	$(UPSTREAM_VENV)/bin/python -m serve.check --gunicorn-only || failed=" the private-name check"; \
+	$(UPSTREAM_VENV)/bin/python -m pytest -q $(UPSTREAM_TESTS) || failed="$${failed:+$$failed and} the transport tests"; \
+	if [ -z "$$failed" ]; then echo "test-upstream: gunicorn $$version passes everything"; \
+	else echo "test-upstream: gunicorn $$version fails:$$failed (see above)"; exit 1; fi

@@ -1,8 +1,9 @@
 """`python -m serve.check`: everything that can stop the server, checked before gunicorn starts.
 
-Exit 0 means the deployment can serve: the settings are valid, HOST resolves and PORT can be
-bound there, and the app builds exactly as a worker builds it (every model file exists, matches
-its checksum, loads in onnxruntime with the [batch, 4] input contract, and fits labels.txt).
+Exit 0 means the deployment can serve: the installed gunicorn has every private name the worker
+relies on (serve/worker.py), the settings are valid, HOST resolves and PORT can be bound there,
+and the app builds exactly as a worker builds it (every model file exists, matches its checksum,
+loads in onnxruntime with the [batch, 4] input contract, and fits labels.txt).
 `python -m serve` runs it in a separate process before starting gunicorn, so a broken deployment
 stops within a second with one JSON line and exit code 2, and the gunicorn master never holds an
 onnxruntime session.
@@ -13,10 +14,24 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gunicorn
+
 from serve.app import get_app
 from serve.errors import StartupError
 from serve.logs import refusal
 from serve.settings import Settings
+
+
+def check_gunicorn() -> None:
+    """The worker subclasses gunicorn's and uses its private names: a gunicorn it was not ported
+    to is refused here, before gunicorn starts, and not at the first connection."""
+    try:
+        from serve import worker  # here: an import failure is itself the refusal
+    except (ImportError, AttributeError) as exc:
+        raise StartupError(
+            f"gunicorn {gunicorn.__version__} cannot run serve/worker.py: {exc}"
+        ) from None
+    worker.check_private_names()
 
 
 def check_listen(host: str, port: int) -> None:
@@ -49,8 +64,12 @@ def check_metrics_dir(parent: Path | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`--models-only`: the models and labels alone (a reload, while the server holds the port)."""
+    """`--models-only`: the models and labels alone (a reload, while the server holds the port).
+    `--gunicorn-only`: the installed gunicorn alone (`make test-upstream`)."""
     try:
+        check_gunicorn()
+        if "--gunicorn-only" in argv:
+            return 0
         settings = Settings.from_env()
         if "--models-only" not in argv:
             check_listen(settings.host, settings.port)

@@ -15,20 +15,27 @@ as settings:
   a burst of new connections is not served seconds late (ListeningServers).
 
 It subclasses gunicorn's ASGIProtocol (pinned gunicorn version; the suite's hostile-client tests
-cover each behaviour) and makes the worker build connections with it.
+cover each behaviour) and makes the worker build connections with it. The private gunicorn names
+it and serve/__main__.py rely on are listed in PRIVATE_NAMES and checked before the server starts
+(`python -m serve.check`): a gunicorn that lacks one is refused in one line, not found out at the
+first connection.
 """
 
 import asyncio
+import inspect
 import signal
 import weakref
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import gunicorn
 import msgspec
 import uvloop
+from gunicorn.arbiter import Arbiter
 from gunicorn.asgi import protocol
 from gunicorn.workers import gasgi
 
+from serve.errors import StartupError
 from serve.settings import Settings
 
 _encoder = msgspec.json.Encoder()
@@ -76,10 +83,7 @@ class CrystalProtocol(protocol.ASGIProtocol):
         receiver = self._body_receiver
         if status == 500 and receiver is not None and receiver._body_wait_expired:
             status, message = 408, "the request body stopped before its end"
-        try:
-            title = HTTPStatus(status).phrase
-        except ValueError:
-            title = "Error"
+        title = reason_phrase(status)
         body = _encoder.encode({"title": title, "description": message[:200]})
         extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
         head = (
@@ -90,6 +94,19 @@ class CrystalProtocol(protocol.ASGIProtocol):
             "Connection: close\r\n\r\n"
         )
         self._safe_write(head.encode("latin-1") + body)
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase gunicorn's own _send_error_response writes: its table first, as
+    HTTPStatus phrases change between Python versions (414 is "Request-URI Too Long" before
+    3.13, "URI Too Long" in gunicorn's table)."""
+    reason = protocol._REASON_PHRASES.get(status)
+    if reason is not None:
+        return reason
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class ListeningServers(asyncio.AbstractServer):
@@ -181,3 +198,90 @@ class CrystalWorker(gasgi.ASGIWorker):
         for connection in list(CrystalProtocol.connections):
             connection.close_if_idle()
         await super()._shutdown()
+
+
+# Every private gunicorn name relied on here, in CrystalArbiter (serve/__main__.py) and in
+# serve/gunicorn.conf.py: gunicorn renames them without notice, and a missing one would otherwise
+# fail at the first connection or quietly drop a behaviour.
+PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
+    (protocol, "_REASON_PHRASES"),
+    (protocol.ASGIProtocol, "_check_h1c_protocol_available"),
+    (protocol.ASGIProtocol, "_awaiting_request"),
+    (protocol.ASGIProtocol, "_closed"),
+    (protocol.ASGIProtocol, "_keepalive_timeout"),
+    (protocol.ASGIProtocol, "_start_http1"),
+    (protocol.ASGIProtocol, "_keepalive_handle"),
+    (protocol.ASGIProtocol, "_send_error_response"),
+    (protocol.ASGIProtocol, "_body_receiver"),
+    (protocol.ASGIProtocol, "_safe_write"),
+    (protocol.BodyReceiver, "_body_wait_expired"),
+    (gasgi, "ASGIProtocol"),  # rebound in CrystalWorker.init_process
+    (gasgi.ASGIWorker, "_setup_event_loop"),
+    (gasgi.ASGIWorker, "_shutdown"),
+    (gasgi.ASGIWorker, "aborted"),
+    (Arbiter, "kill_worker"),
+    (Arbiter, "handle_hup"),
+    (Arbiter, "WORKERS"),
+    (Arbiter, "LISTENERS"),
+)
+# The methods overridden here and in CrystalArbiter, with the signature gunicorn calls them by.
+SIGNATURES: dict[tuple[object, str], str] = {
+    (protocol.ASGIProtocol, "_check_h1c_protocol_available"): "()",
+    (protocol.ASGIProtocol, "_start_http1"): "(self, buffered=b'')",
+    (protocol.ASGIProtocol, "_send_error_response"): "(self, status, message, extra_headers=())",
+    (gasgi.ASGIWorker, "_setup_event_loop"): "(self)",
+    (gasgi.ASGIWorker, "_shutdown"): "(self)",
+    (Arbiter, "kill_worker"): "(self, pid, sig)",
+    (Arbiter, "handle_hup"): "(self)",
+}
+
+
+def _label(owner: object) -> str:
+    """A class by its name, a module by its dotted path."""
+    return getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
+
+
+def _defines(owner: object, name: str) -> bool:
+    """`name` on `owner`, or for a class an instance attribute one of its constructors sets
+    (ASGIProtocol._closed exists only on instances)."""
+    if hasattr(owner, name):
+        return True
+    for klass in getattr(owner, "__mro__", ()):
+        code = getattr(vars(klass).get("__init__"), "__code__", None)
+        if code is not None and name in code.co_names:
+            return True
+    return False
+
+
+def _unannotated(signature: inspect.Signature) -> str:
+    """Names, kinds and defaults only: gunicorn adding type hints breaks nothing here."""
+    parameters = [
+        parameter.replace(annotation=inspect.Parameter.empty)
+        for parameter in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
+
+
+def missing_private_names() -> list[str]:
+    """What the installed gunicorn lacks of PRIVATE_NAMES and SIGNATURES, one entry each."""
+    missing = [
+        f"{_label(owner)}.{name}" for owner, name in PRIVATE_NAMES if not _defines(owner, name)
+    ]
+    for (owner, name), expected in SIGNATURES.items():
+        method = getattr(owner, name, None)
+        if method is None:
+            continue  # named above
+        actual = _unannotated(inspect.signature(method))
+        if actual != expected:
+            missing.append(f"{_label(owner)}.{name}{expected} (now {actual})")
+    return missing
+
+
+def check_private_names() -> None:
+    """Refuses a gunicorn this worker was not ported to, naming what it lacks."""
+    missing = missing_private_names()
+    if missing:
+        raise StartupError(
+            f"gunicorn {gunicorn.__version__} lacks what serve/worker.py relies on: "
+            + ", ".join(missing)
+        )
