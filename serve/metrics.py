@@ -7,6 +7,8 @@ snapshot and the totals of workers that have exited (`retired.json`, kept by the
 
 A worker killed with SIGKILL loses what it counted since its last snapshot (at most
 `flush_seconds` of traffic); a worker that stops normally writes a last snapshot first.
+
+Every exported family is declared once, in FAMILIES below, in the order `/metrics` lists them.
 """
 
 import os
@@ -15,9 +17,10 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import numpy as np
@@ -44,29 +47,43 @@ ROW_BUCKETS = (1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000, 100_000)
 CONFIDENCE_BUCKETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
+# One sample: its label values, in the order of its family's labels, and its value.
+Sample = tuple[tuple[str, ...], float]
+
+
 @dataclass(frozen=True)
 class Definition:
+    """One exported family. Without `live`, a total of work done (a counter or a histogram):
+    workers record it, and it outlives a worker's exit. With `live`, it describes the workers
+    running now: its samples come from the live workers' snapshots, and go with a worker."""
+
     name: str
+    kind: Literal["counter", "histogram", "gauge"]
     help: str
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     # Label sets exported as 0 before anything is counted: a rate then sees the first increase.
     initial: tuple[tuple[str, ...], ...] = ()
+    live: "Callable[[list[Snapshot]], Iterable[Sample]] | None" = None
 
 
 REQUESTS = Definition(
     "crystal_requests",
+    "counter",
     "HTTP requests answered, by route, method, model and status code.",
     ("endpoint", "method", "model", "status"),
 )
 SHED = Definition(
     "crystal_requests_shed",
+    "counter",
     "Requests refused with 503 by the per-worker cap on requests at work (MAX_IN_FLIGHT).",
-    (),
     initial=((),),
 )
 PREDICTIONS = Definition(
-    "crystal_predictions", "Predicted rows, by model and predicted label.", ("model", "label")
+    "crystal_predictions",
+    "counter",
+    "Predicted rows, by model and predicted label.",
+    ("model", "label"),
 )
 # Why a worker exited, as the gunicorn master knows it (serve/__main__.py, CrystalArbiter):
 # retired by a reload (SIGHUP), stopped on purpose (scale-down with TTOU, shutdown), killed for
@@ -74,6 +91,7 @@ PREDICTIONS = Definition(
 EXIT_REASONS = ("reload", "stop", "timeout", "crash")
 WORKER_EXITS = Definition(
     "crystal_worker_exits",
+    "counter",
     "Worker processes that exited, by reason: reload, stop (scale-down or shutdown), timeout "
     "(killed for not reporting within TIMEOUT) or crash (any other exit while serving).",
     ("reason",),
@@ -81,27 +99,66 @@ WORKER_EXITS = Definition(
 )
 REQUEST_SECONDS = Definition(
     "crystal_request_duration_seconds",
+    "histogram",
     "Time to answer a request, from routing to the encoded answer.",
     ("endpoint",),
     LATENCY_BUCKETS,
 )
 INFERENCE_SECONDS = Definition(
     "crystal_inference_duration_seconds",
+    "histogram",
     "Time spent in the model itself (onnxruntime), per model.",
     ("model",),
     INFERENCE_BUCKETS,
 )
 ROWS = Definition(
-    "crystal_request_rows", "Rows per prediction request, per model.", ("model",), ROW_BUCKETS
+    "crystal_request_rows",
+    "histogram",
+    "Rows per prediction request, per model.",
+    ("model",),
+    ROW_BUCKETS,
 )
 CONFIDENCE = Definition(
     "crystal_prediction_confidence",
+    "histogram",
     "Probability of the predicted label, per predicted row: a drift signal.",
     ("model",),
     CONFIDENCE_BUCKETS,
 )
+IN_FLIGHT = Definition(
+    "crystal_requests_in_flight",
+    "gauge",
+    "Requests being handled now, summed over live workers.",
+    live=lambda workers: [((), sum(w.in_flight for w in workers))],
+)
+RESIDENT_MEMORY = Definition(
+    "crystal_worker_resident_memory_bytes",
+    "gauge",
+    "Resident memory of each live worker process.",
+    ("worker",),
+    live=lambda workers: [((str(w.pid),), w.resident_bytes) for w in workers],
+)
+CPU_SECONDS = Definition(
+    "crystal_worker_cpu_seconds",
+    "counter",
+    "CPU time (user and system) of each live worker process.",
+    ("worker",),
+    live=lambda workers: [((str(w.pid),), w.cpu_seconds) for w in workers],
+)
+MODEL_INFO = Definition(
+    "crystal_model_info",
+    "gauge",
+    "The models served: name, version and sha256 of the source they were exported from.",
+    ("model", "version", "source_sha256"),
+    live=lambda workers: [(m, 1) for m in sorted({tuple(m) for w in workers for m in w.models})],
+)
+# What workers record, and a retirement keeps.
 COUNTERS = (REQUESTS, SHED, PREDICTIONS, WORKER_EXITS)
 HISTOGRAMS = (REQUEST_SECONDS, INFERENCE_SECONDS, ROWS, CONFIDENCE)
+# Read from the live workers at scrape time.
+LIVE = (IN_FLIGHT, RESIDENT_MEMORY, CPU_SECONDS, MODEL_INFO)
+# Everything `/metrics` exports, in its order.
+FAMILIES = (*COUNTERS, *HISTOGRAMS, *LIVE)
 
 
 class Snapshot(msgspec.Struct):
@@ -344,57 +401,44 @@ def _merge(snapshots: list[Snapshot], live: bool) -> Snapshot:
     )
 
 
+_FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+
+
 class _Collector:
+    """FAMILIES over the given snapshots: totals over every worker, live or retired; the live
+    families over the live workers only, so a dead worker's gauges go with it."""
+
     def __init__(self, retired: Snapshot, workers: list[Snapshot]):
         self._total = _merge([retired, *workers], live=False)
         self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
-        counters = dict(self._total.counters)
-        for definition in COUNTERS:
-            family = CounterMetricFamily(definition.name, definition.help, labels=definition.labels)
-            values = dict.fromkeys(definition.initial, 0.0)
-            for labels, value in counters.get(definition.name, []):
-                values[tuple(labels)] = value
-            for labels, value in values.items():
-                family.add_metric(list(labels), value)
-            yield family
-        histograms = dict(self._total.histograms)
-        for definition in HISTOGRAMS:
-            family = HistogramMetricFamily(
+        for definition in FAMILIES:
+            if definition.kind == "histogram":
+                yield self._histogram(definition)
+                continue
+            family = _FAMILY_TYPES[definition.kind](
                 definition.name, definition.help, labels=definition.labels
             )
-            bounds = [*(f"{b:g}" for b in definition.buckets), "+Inf"]
-            for labels, counts, total in histograms.get(definition.name, []):
-                cumulative = np.cumsum(counts).tolist()
-                family.add_metric(labels, list(zip(bounds, cumulative, strict=True)), total)
+            for labels, value in self._samples(definition):
+                family.add_metric(list(labels), value)
             yield family
-        in_flight = GaugeMetricFamily(
-            "crystal_requests_in_flight", "Requests being handled now, summed over live workers."
-        )
-        in_flight.add_metric([], sum(w.in_flight for w in self._workers))
-        yield in_flight
-        memory = GaugeMetricFamily(
-            "crystal_worker_resident_memory_bytes",
-            "Resident memory of each live worker process.",
-            labels=["worker"],
-        )
-        cpu = CounterMetricFamily(
-            "crystal_worker_cpu_seconds",
-            "CPU time (user and system) of each live worker process.",
-            labels=["worker"],
-        )
-        info = GaugeMetricFamily(
-            "crystal_model_info",
-            "The models served: name, version and sha256 of the source they were exported from.",
-            labels=["model", "version", "source_sha256"],
-        )
-        for worker in self._workers:
-            memory.add_metric([str(worker.pid)], worker.resident_bytes)
-            cpu.add_metric([str(worker.pid)], worker.cpu_seconds)
-        for model in sorted({tuple(m) for w in self._workers for m in w.models}):
-            info.add_metric(list(model), 1)
-        yield from (memory, cpu, info)
+
+    def _samples(self, definition: Definition) -> Iterable[Sample]:
+        if definition.live is not None:
+            return definition.live(self._workers)
+        values = dict.fromkeys(definition.initial, 0.0)
+        for labels, value in self._total.counters.get(definition.name, []):
+            values[tuple(labels)] = value
+        return values.items()
+
+    def _histogram(self, definition: Definition) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(definition.name, definition.help, labels=definition.labels)
+        bounds = [*(f"{b:g}" for b in definition.buckets), "+Inf"]
+        for labels, counts, total in self._total.histograms.get(definition.name, []):
+            cumulative = np.cumsum(counts).tolist()
+            family.add_metric(labels, list(zip(bounds, cumulative, strict=True)), total)
+        return family
 
 
 def exposition(retired: Snapshot, workers: list[Snapshot], accept: str = "") -> tuple[bytes, str]:

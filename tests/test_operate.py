@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import threading
-from pathlib import Path
 from urllib.parse import urljoin
 
 import numpy as np
@@ -19,7 +18,7 @@ from serve.app import create_app
 from serve.body import read_body
 from serve.errors import PayloadTooLarge, RequestTimeout
 from serve.logs import AccessLog, JsonLineFormatter
-from serve.metrics import EXIT_REASONS, SHED, Metrics, MetricsFolder, Snapshot, exposition
+from serve.metrics import Metrics
 from serve.request import CrystalRequest
 from serve.settings import Limits, Settings
 
@@ -488,7 +487,7 @@ def test_a_body_dripped_past_body_timeout_is_a_timeout() -> None:
         asyncio.run(read_body(request, Limits(body_timeout=0.2)))
 
 
-# --- /metrics: formats, HEAD, the model of metadata requests, worker exits ---------------------
+# --- /metrics: formats, HEAD, the model of metadata requests ------------------------------------
 
 # What Prometheus 2 asks a target for.
 PROMETHEUS_ACCEPT = (
@@ -531,52 +530,3 @@ def test_model_metadata_and_readiness_are_counted_under_their_model(
     assert series.format("/v2/models/{name}/ready", "GET", "pytorch", 200) in text
     assert series.format("/v2/models/{name}/ready", "HEAD", "pytorch", 200) in text
     assert series.format("/v2/models/{name}", "GET", "", 404) in text  # no such model
-
-
-def worker_exits(text: str) -> dict[str, float]:
-    """crystal_worker_exits_total by reason, from the text format."""
-    found = re.findall(r'^crystal_worker_exits_total\{reason="(\w+)"\} (\S+)$', text, re.M)
-    return {reason: float(value) for reason, value in found}
-
-
-def scrape(folder: MetricsFolder) -> str:
-    return exposition(*folder.read_all())[0].decode()
-
-
-def write_worker(folder: MetricsFolder, pid: int, shed: float) -> None:
-    """A live worker's snapshot, as a worker publishes it."""
-    folder.write(Snapshot(counters={SHED.name: [([], shed)]}, pid=pid, worker_id=f"{pid}-1"))
-
-
-def test_every_exit_reason_is_exported_at_zero_before_any_exit(tmp_path: Path) -> None:
-    """So the first crash is an increase a rate sees, not a series appearing at 1."""
-    assert worker_exits(scrape(MetricsFolder(tmp_path))) == dict.fromkeys(EXIT_REASONS, 0.0)
-
-
-@pytest.mark.parametrize("reason", EXIT_REASONS)
-def test_a_retired_worker_is_counted_under_its_exit_reason(tmp_path: Path, reason: str) -> None:
-    folder = MetricsFolder(tmp_path)
-    write_worker(folder, 101, shed=3)
-    write_worker(folder, 102, shed=4)
-    folder.retire(101, reason)
-    text = scrape(folder)
-    assert worker_exits(text) == {**dict.fromkeys(EXIT_REASONS, 0.0), reason: 1.0}
-    assert "crystal_requests_shed_total 7.0" in text  # the retired worker's counts stay
-    assert re.findall(r'crystal_worker_resident_memory_bytes\{worker="(\d+)"\}', text) == ["102"]
-
-
-def test_worker_exits_add_up_per_reason(tmp_path: Path) -> None:
-    """A reload of two workers, a scale-down, a timeout and two crashes."""
-    folder = MetricsFolder(tmp_path)
-    reasons = ["reload", "reload", "stop", "timeout", "crash", "crash"]
-    for pid, reason in enumerate(reasons, start=200):
-        write_worker(folder, pid, shed=1)
-        folder.retire(pid, reason)
-    text = scrape(folder)
-    assert worker_exits(text) == {"reload": 2.0, "stop": 1.0, "timeout": 1.0, "crash": 2.0}
-    assert "crystal_requests_shed_total 6.0" in text
-
-
-def test_an_unknown_exit_reason_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown worker exit reason 'restart'"):
-        MetricsFolder(tmp_path).retire(300, "restart")
