@@ -10,7 +10,7 @@ PYTORCH_MODEL ?= export/sources/pytorch.pt
 MODELS ?= sklearn=$(SKLEARN_MODEL) pytorch=$(PYTORCH_MODEL)
 OUT ?= onnx_models
 
-.PHONY: install runtime serve export test lint format sources bench soak test-upstream
+.PHONY: install runtime serve export test test-fast lint format sources bench soak test-upstream
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,7 +71,12 @@ chromium:
 test: lint monitoring-tools chromium
 	$(BIN)/python -m pytest
 
-# Benchmark: the service against the floor and native designs (a few minutes; see README).
+# The tests that start no server (well under a minute): the loop for a change to one module.
+# `make test` stays the whole suite and the CI command.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e" -q
+
+# Benchmark: the service against the floor and native designs (a few minutes; see docs/performance.md).
 bench: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench --out bench/results

@@ -1,5 +1,6 @@
 """Settings from the environment. `SETTINGS` is the one table of them: `Settings.from_env` parses
-with it, `python -m serve --help` prints it, and a test holds the README's table equal to it."""
+with it, `python -m serve --help` prints it, and a test holds the table in docs/operations.md
+equal to it."""
 
 import os
 from collections.abc import Callable, Mapping
@@ -73,7 +74,7 @@ class Setting:
     """One environment variable. A blank value counts as unset, so `default` applies."""
 
     name: str
-    shown: str  # the default as --help and the README show it
+    shown: str  # the default as --help and docs/operations.md show it
     meaning: str
     parse: Parse
     default: object

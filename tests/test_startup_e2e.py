@@ -1,6 +1,7 @@
 """Every start-up misconfiguration ends `python -m serve` with one JSON line naming the setting
 and exit code 2, before gunicorn starts; and every line a full run writes is JSON. `--check`
-stops after the same checks, `--help` lists the settings; the README lists them as the source."""
+stops after the same checks, `--help` lists the settings; docs/operations.md lists them as the
+source."""
 
 import json
 import os
@@ -76,7 +77,7 @@ def test_every_setting_with_a_bad_value_is_one_json_line_and_exit_2(
 
 
 def test_each_shown_default_is_the_default() -> None:
-    """--help and the README show the default that applies, where it is a plain value."""
+    """--help and docs/operations.md show the default that applies, where it is a plain value."""
     for setting in SETTINGS:
         if setting.parse in ANY_TEXT:
             continue
@@ -129,8 +130,9 @@ def test_check_refuses_a_bad_setting_with_one_json_line() -> None:
 
 
 def readme_settings() -> list[tuple[str, ...]]:
-    """(name, default, meaning) of every row of the README's settings table, markup removed."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    """(name, default, meaning) of every row of the settings table (docs/operations.md, linked
+    from the README), markup removed."""
+    readme = (REPO_ROOT / "docs" / "operations.md").read_text()
     table = readme.split("| setting | default | meaning |\n| --- | --- | --- |\n", 1)[1]
     rows = table.split("\n\n", 1)[0].splitlines()
     return [
