@@ -14,8 +14,9 @@ import numpy as np
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
 
-# Adds one route: a URI template and its resource.
-AddRoute = Callable[[str, object], None]
+# Adds one route: a URI template, its resource and, as falcon.App.add_route takes them, options
+# such as `suffix`.
+AddRoute = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class Routes:
         for protocol in self.protocols:
             protocol.add_routes(partial(self._add, protocol))
 
-    def _add(self, protocol: FrontDoor, template: str, resource: object) -> None:
-        self._app.add_route(template, resource)
+    def _add(self, protocol: FrontDoor, template: str, resource: object, **options: str) -> None:
+        self._app.add_route(template, resource, **options)
         self._by_template[template] = protocol
 
     def protocol_of(self, req: CrystalRequest) -> FrontDoor:

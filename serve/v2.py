@@ -199,25 +199,16 @@ class Probe:
     on_head = on_get
 
 
-class ModelReadiness:
-    def __init__(self, registry: ModelRegistry):
-        self._registry = registry
+class ModelDocuments:
+    """GET and HEAD `/v2/models/{name}` (metadata) and `/v2/models/{name}/ready` (readiness, the
+    `ready` suffix), counted under the model: an unknown name is a 404 in `registry.model`."""
 
-    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
-        ready = self._registry.is_ready(name)
-        req.context.model = name  # counted under the model: an unknown name raised a 404 above
-        _json(resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
-
-    on_head = on_get
-
-
-class ModelMetadata:
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
         model = self._registry.model(name)
-        req.context.model = name  # counted under the model: an unknown name raised a 404 above
+        req.context.model = name
         _json(
             resp,
             {
@@ -243,6 +234,15 @@ class ModelMetadata:
         )
 
     on_head = on_get
+
+    async def on_get_ready(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, name: str
+    ) -> None:
+        ready = self._registry.is_ready(name)
+        req.context.model = name
+        _json(resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
+
+    on_head_ready = on_get_ready
 
 
 def render_answer(
@@ -337,8 +337,9 @@ class OpenInferenceProtocol:
         add(PREFIX, ServerMetadata())
         add(f"{PREFIX}/health/live", Probe(None))
         add(f"{PREFIX}/health/ready", Probe(registry))
-        add(f"{PREFIX}/models/{{name}}", ModelMetadata(registry))
-        add(f"{PREFIX}/models/{{name}}/ready", ModelReadiness(registry))
+        models = ModelDocuments(registry)
+        add(f"{PREFIX}/models/{{name}}", models)
+        add(f"{PREFIX}/models/{{name}}/ready", models, suffix="ready")
         add(f"{PREFIX}/models/{{name}}/infer", InferResource(registry, self._limits, self._runner))
 
     def error_body(self, title: str, description: str) -> bytes:
