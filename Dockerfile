@@ -40,7 +40,7 @@ ARG MODELS="sklearn=export/sources/sklearn.joblib pytorch=export/sources/pytorch
 COPY . .
 # VENV=/usr/local: the Makefile's tools are this image's own python and pip, installed above.
 RUN make export VENV=/usr/local MODELS="${MODELS}" \
-    && python -m pytest -p no:cacheprovider tests/test_export_*.py
+    && python -m pytest -p no:cacheprovider tests/export/test_export_*.py
 
 FROM ${PYTHON_IMAGE} AS runtime
 

@@ -46,7 +46,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# promtool and prometheus for tests/test_monitoring.py: Debian's package, only when missing. The
+# promtool and prometheus for tests/deploy/test_monitoring.py: Debian's package, only when missing. The
 # package's own service is stopped: the tests run their own Prometheus. Without apt-get or root,
 # those tests skip and say why.
 .PHONY: monitoring-tools
@@ -58,7 +58,7 @@ monitoring-tools:
 		service prometheus stop >/dev/null 2>&1 || true; \
 	else echo "monitoring-tools: promtool missing and apt-get unavailable or not root"; fi
 
-# Headless Chromium for tests/test_docs_browser.py: Debian's package, only when missing. Without
+# Headless Chromium for tests/e2e/test_docs_browser.py: Debian's package, only when missing. Without
 # apt-get or root, that test skips and says why.
 .PHONY: chromium
 chromium:
@@ -90,7 +90,7 @@ soak: install
 # The newest gunicorn and gunicorn-h1c releases against serve/worker.py, in a throwaway venv (not
 # part of `make test`): the check of the private gunicorn names it uses, and the transport tests.
 UPSTREAM_VENV ?= /tmp/crystal-test-upstream
-UPSTREAM_TESTS := tests/test_worker.py tests/test_transport_e2e.py tests/test_hostile_e2e.py
+UPSTREAM_TESTS := tests/serve/test_worker.py tests/e2e/test_transport_e2e.py tests/e2e/test_hostile_e2e.py
 test-upstream:
 	$(PYTHON) -m venv --clear $(UPSTREAM_VENV)
 	$(UPSTREAM_VENV)/bin/pip install --quiet --disable-pip-version-check \

@@ -1,0 +1,287 @@
+"""The real server: `python -m serve` under gunicorn with 2 workers, on a free loopback port."""
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from harness.server import REPO_ROOT, ServerProcess
+from serve.manifest import read_manifest
+from support.examples import ROWS
+from support.served import copy_models, strict_json
+
+pytestmark = pytest.mark.e2e
+
+LABELS = ["blue", "green", "yellow"]
+MODELS = [model_file.name for model_file in read_manifest(REPO_ROOT / "onnx_models")]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_endpoints(server: ServerProcess, model: str) -> None:
+    response = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
+    assert response.status_code == 200
+    body = strict_json(response)
+    assert len(body["prediction"]) == len(body["scores"]) == 3
+    for label, scores in zip(body["prediction"], body["scores"], strict=True):
+        assert list(scores) == LABELS
+        assert label == max(scores, key=scores.get)
+        assert abs(sum(scores.values()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_astromech_matches_direct_endpoint(server: ServerProcess, model: str) -> None:
+    direct = requests.post(f"{server.url}/{model}", json={"crystalData": ROWS}, timeout=10)
+    routed = requests.post(
+        f"{server.url}/astromech", json={"crystalData": ROWS, "model": model}, timeout=10
+    )
+    assert routed.status_code == 200
+    assert routed.content == direct.content
+
+
+def test_body_without_content_type(server: ServerProcess) -> None:
+    response = requests.post(
+        server.url + "/sklearn", data=json.dumps({"crystalData": ROWS}).encode(), timeout=10
+    )
+    assert "Content-Type" not in response.request.headers
+    assert response.status_code == 200
+
+
+INVALID_DATA = "Invalid crystal data"
+INVALID_MODEL = "Invalid model"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "title", "description"),
+    [
+        (
+            "/sklearn",
+            b'{"crystalData": [[1, 2, 3]]}',
+            422,
+            INVALID_DATA,
+            "Expected `array` of length 4 - at `$.crystalData[0]`",
+        ),
+        (
+            "/pytorch",
+            b'{"crystalData": [[1, 2, 3, 1e39]]}',
+            422,
+            INVALID_DATA,
+            "Expected `float` <= 1000000000000.0 - at `$.crystalData[0][3]`",
+        ),
+        (
+            "/pytorch",
+            b'{"crystalData": [[1, 2, 3, NaN]]}',
+            422,
+            INVALID_DATA,
+            "body is not valid JSON: JSON is malformed: invalid character (byte 27)",
+        ),
+        (
+            "/sklearn",
+            b'{"crystalData": [[1, 2, 3, 1e400]]}',
+            422,
+            INVALID_DATA,
+            "Number out of range - at `$.crystalData[0][3]`",
+        ),
+        (
+            "/sklearn",
+            b'{"crystalData": ',
+            422,
+            INVALID_DATA,
+            "body is not valid JSON: Input data was truncated",
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3]], "model": "Sklearn"}',
+            400,
+            INVALID_MODEL,
+            'model must be "pytorch" or "sklearn", got "Sklearn"',
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3, 4]]}',
+            400,
+            INVALID_MODEL,
+            'model is missing; expected "pytorch" or "sklearn"',
+        ),
+        (
+            "/astromech",
+            b'{"crystalData": [[1, 2, 3]], "model": "sklearn"}',
+            422,
+            INVALID_DATA,
+            "Expected `array` of length 4 - at `$.crystalData[0]`",
+        ),
+        ("/keras", b'{"crystalData": [[1, 2, 3, 4]]}', 404, "404 Not Found", "no route /keras"),
+    ],
+)
+def test_error_statuses(
+    server: ServerProcess, path: str, body: bytes, status: int, title: str, description: str
+) -> None:
+    response = requests.post(server.url + path, data=body, timeout=10)
+    assert response.status_code == status
+    assert strict_json(response) == {"title": title, "description": description}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/astromech", "POST, OPTIONS"), ("POST", "/metrics", "GET, HEAD, OPTIONS")],
+)
+def test_wrong_method_is_405_naming_the_allowed_ones(
+    server: ServerProcess, method: str, path: str, allowed: str
+) -> None:
+    """Through gunicorn as in-process (test_operate.py): the JSON answer and its Allow header."""
+    response = requests.request(method, server.url + path, timeout=10)
+    assert response.status_code == 405
+    assert strict_json(response) == {
+        "title": "405 Method Not Allowed",
+        "description": f"{method} is not allowed on {path}; use {allowed}",
+    }
+    assert response.headers["Allow"] == allowed
+
+
+def test_an_unknown_method_is_501(server: ServerProcess) -> None:
+    """Through gunicorn's parser as in-process (test_operate.py)."""
+    response = requests.request("BREW", server.url + "/sklearn", timeout=10)
+    assert response.status_code == 501
+    assert strict_json(response) == {
+        "title": "501 Not Implemented",
+        "description": "BREW is not a method this server implements",
+    }
+
+
+def test_ten_thousand_rows(server: ServerProcess) -> None:
+    rows = np.random.default_rng(7).uniform(0, 1, size=(10_000, 4)).tolist()
+    for model in MODELS:
+        response = requests.post(
+            f"{server.url}/astromech", json={"crystalData": rows, "model": model}, timeout=10
+        )
+        assert response.status_code == 200
+        assert len(strict_json(response)["scores"]) == 10_000
+
+
+def test_sigterm_finishes_in_flight_request() -> None:
+    live = ServerProcess().wait_ready()
+    body = json.dumps({"crystalData": ROWS}).encode()
+    head = (
+        f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
+        client.sendall(head + body[:10])
+        time.sleep(0.5)
+        live.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        client.sendall(body[10:])
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert live.stop() == 0
+    assert "Shutting down: Master" in live.output
+    with pytest.raises(requests.ConnectionError):
+        requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=2)
+
+
+def test_refuses_to_start_on_tampered_model(tmp_path: Path) -> None:
+    models = copy_models(tmp_path)
+    data = bytearray((models / "pytorch.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models / "pytorch.onnx").write_bytes(bytes(data))
+    live = ServerProcess({"MODELS_DIR": str(models)})
+    assert live.process.wait(timeout=30) != 0
+    assert '"message":"cannot start: model pytorch: checksum mismatch' in live.output
+    assert "Traceback" not in live.output
+
+
+def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
+    live = ServerProcess({"LABELS_FILE": str(tmp_path / "labels.txt")})
+    assert live.process.wait(timeout=30) != 0
+    assert '"message":"cannot start: labels file' in live.output
+
+
+def test_refuses_to_start_when_labels_do_not_fit_the_models(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("blue\ngreen\n")
+    live = ServerProcess({"LABELS_FILE": str(labels)})
+    assert live.process.wait(timeout=30) != 0
+    assert "has 3 outputs but there are 2 labels" in live.output
+    assert "Traceback" not in live.output
+
+
+def test_refuses_to_start_on_wrong_input_width(tmp_path: Path) -> None:
+    from support.onnx_builders import softmax_model, write_models_dir
+
+    models = write_models_dir(
+        tmp_path / "models",
+        {"sklearn": softmax_model(np.ones((5, 3))), "pytorch": softmax_model(np.ones((4, 3)))},
+    )
+    live = ServerProcess({"MODELS_DIR": str(models)})
+    assert live.process.wait(timeout=30) != 0
+    assert "model sklearn: input shape is ['batch', 5], expected [batch, 4]" in live.output
+    assert "Traceback" not in live.output
+
+
+@pytest.fixture(scope="module")
+def handout_server(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The data team's own models, exported by `python -m export`, served by the real server."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("handout") / "onnx_models"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--sklearn-model",
+            str(handout_dir / "sklearn.model"),
+            "--pytorch-model",
+            str(handout_dir / "pytorch.model"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    live = ServerProcess({"MODELS_DIR": str(out)}).wait_ready()
+    yield live
+    live.stop()
+
+
+# The handout README's published example, as predict_proba returns it in float64.
+PUBLISHED = [
+    [0.9927769331813387, 0.007223053394387628, 1.3424273700413213e-08],
+    [0.9924667517303258, 0.007533175370560812, 7.28991131694263e-08],
+    [0.9954911544544908, 0.004508736468972019, 1.0907653719137907e-07],
+]
+
+
+def test_handout_models_through_the_server_match_the_frameworks(
+    handout_server: ServerProcess, handout_dir: Path
+) -> None:
+    import torch
+
+    from export.sources import load_pytorch, load_sklearn
+
+    rows = np.concatenate([np.array(ROWS), np.random.default_rng(11).uniform(0, 1, size=(500, 4))])
+    payload = {"crystalData": rows.tolist()}
+    sklearn_answer = requests.post(handout_server.url + "/sklearn", json=payload, timeout=30)
+    pytorch_answer = requests.post(
+        handout_server.url + "/astromech", json={**payload, "model": "pytorch"}, timeout=30
+    )
+    sklearn_scores = np.array([list(s.values()) for s in sklearn_answer.json()["scores"]])
+    pytorch_scores = np.array([list(s.values()) for s in pytorch_answer.json()["scores"]])
+
+    assert sklearn_scores[:3].tolist() == PUBLISHED  # to the last bit
+    native_sklearn = load_sklearn(handout_dir / "sklearn.model").model.predict_proba(rows)
+    assert np.abs(sklearn_scores - native_sklearn).max() <= 1e-12
+    network = load_pytorch(handout_dir / "pytorch.model").model
+    with torch.no_grad():
+        native_pytorch = network(torch.tensor(rows, dtype=torch.float32)).numpy()
+    assert np.abs(pytorch_scores - native_pytorch).max() <= 1e-6
+    assert sklearn_answer.json()["prediction"] == [LABELS[i] for i in native_sklearn.argmax(axis=1)]
+    assert pytorch_answer.json()["prediction"] == [LABELS[i] for i in native_pytorch.argmax(axis=1)]
