@@ -49,8 +49,8 @@ class ResponseCompression:
         req_succeeded: bool,
     ) -> None:
         data = resp.data
-        if data is None or len(data) < self._min_bytes:
-            return
+        if data is None or len(data) < self._min_bytes or resp.get_header("Content-Encoding"):
+            return  # small, or already encoded by its resource
         resp.append_header("Vary", "Accept-Encoding")
         if not accepts_gzip(req.get_header("Accept-Encoding")):
             return
