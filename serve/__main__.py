@@ -45,7 +45,7 @@ class CrystalArbiter(Arbiter):
     def __init__(self, app) -> None:
         super().__init__(app)
         # pid -> why this master stopped that worker ("reload", "stop" or "timeout"), until its
-        # exit is counted (child_exit in serve/gunicorn.conf.py asks exit_reason).
+        # exit is counted (child_exit in serve/gunicorn.conf.py takes it out).
         self.stop_reasons: dict[int, str] = {}
         self._stopping_for = "stop"
 
@@ -74,14 +74,6 @@ class CrystalArbiter(Arbiter):
         if worker is not None and sig in stops:  # not SIGUSR1, which only reopens log files
             self.stop_reasons.setdefault(pid, "timeout" if worker.aborted else self._stopping_for)
         super().kill_worker(pid, sig)
-
-    def exit_reason(self, worker) -> str:
-        """Why `worker` exited: what the master stopped it for, else a crash while the server
-        listens; a shutdown closes the listeners before it stops the workers."""
-        reason = self.stop_reasons.pop(worker.pid, None)
-        if reason is not None:
-            return reason
-        return "crash" if self.LISTENERS else "stop"
 
 
 def help_text() -> str:

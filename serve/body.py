@@ -39,11 +39,9 @@ async def read_body(req: CrystalRequest, limits: Limits) -> bytes:
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
     event = req.first_event or await req.receive_event()
-    if event["type"] == "http.request" and not event.get("more_body", False):
-        body = event.get("body", b"")  # whole in its first event: most bodies, no timer needed
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
-    else:
+    body = event.get("body", b"")
+    whole = event["type"] == "http.request" and not event.get("more_body", False)
+    if not whole or len(body) > max_bytes:  # most come whole within the limit: read untimed
         try:
             async with asyncio.timeout(limits.body_timeout):
                 body = await _receive_rest(req, event, max_bytes)

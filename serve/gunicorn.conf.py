@@ -46,13 +46,13 @@ def on_starting(server) -> None:
 
 def child_exit(server, worker) -> None:
     """A dead worker's totals stay counted, its live gauges go, and its exit is counted under
-    the reason the master knows (serve/__main__.py, CrystalArbiter.exit_reason): a reload or a
-    deliberate stop is not an alert, a crash or a timeout is."""
-    exit_reason = getattr(server, "exit_reason", None)
-    if exit_reason is None:  # plain gunicorn's master, as the bench runs its floors
+    why it exited: what the master stopped it for (CrystalArbiter.stop_reasons in
+    serve/__main__.py; plain gunicorn's master, as the bench runs its floors, records none), else
+    a crash while the server listens (a shutdown closes the listeners before it stops the
+    workers). A reload or a deliberate stop is not an alert, a crash or a timeout is."""
+    reason = getattr(server, "stop_reasons", {}).pop(worker.pid, None)
+    if reason is None:
         reason = "crash" if server.LISTENERS else "stop"
-    else:
-        reason = exit_reason(worker)
     server._metrics_folder.retire(worker.pid, reason)
 
 
