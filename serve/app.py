@@ -11,13 +11,13 @@ from pathlib import Path
 import falcon
 import falcon.asgi
 
-from serve import docs, droid, openapi, release, v2
+from serve import docs, droid, openapi, release, triton, v2
 from serve.classifier import Classifier, OnnxClassifier
 from serve.compression import ResponseCompression
 from serve.errors import ServiceError
 from serve.logs import AccessLog
 from serve.metrics import FOLDER_ENV, Metrics, MetricsFolder
-from serve.protocol import Routes
+from serve.protocol import InferencePath, Routes
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
 from serve.runner import BatchRunner
@@ -29,7 +29,7 @@ logger = logging.getLogger("serve")
 
 # The front doors onto the one inference path (serve/protocol.py), in this order: the first
 # answers errors on paths no protocol claims.
-PROTOCOLS = (droid.DroidProtocol, v2.OpenInferenceProtocol)
+PROTOCOLS = (droid.DroidProtocol, v2.OpenInferenceProtocol, triton.TritonExtensions)
 
 
 class ErrorAnswers:
@@ -166,11 +166,14 @@ def create_app(
     metrics = metrics or Metrics()
     registry = ModelRegistry(models, labels, metrics)
     runner = BatchRunner(settings.offload_bytes, settings.max_in_flight, metrics)
+    path = InferencePath(registry, limits, runner, metrics)
+    routes = Routes([protocol(path) for protocol in PROTOCOLS])
     telemetry = RequestTelemetry(
         metrics,
         access_log or AccessLog(),
         {name: model.version for name, model in models.items()},
         settings.log_probes,
+        routes.label_of,
     )
     router = falcon.routing.DefaultRouter()
     app = falcon.asgi.App(
@@ -183,7 +186,7 @@ def create_app(
         request_type=CrystalRequest,
         router=router,
     )
-    routes = Routes(app, [protocol(registry, limits, runner) for protocol in PROTOCOLS])
+    routes.add_to(app)
     errors = ErrorAnswers(router, routes)
     app.add_error_handler(Exception, errors.unexpected_error)
     app.add_error_handler(falcon.HTTPError, errors.http_error)

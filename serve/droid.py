@@ -19,10 +19,9 @@ import numpy as np
 from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge, StartupError
-from serve.protocol import AddRoute, Examples
-from serve.registry import WARM_UP_ROW, ModelRegistry
+from serve.protocol import AddRoute, Examples, InferencePath
+from serve.registry import WARM_UP_ROW
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
-from serve.runner import BatchRunner
 from serve.settings import Limits
 
 ASTROMECH = "astromech"
@@ -130,18 +129,14 @@ class DroidProtocol:
     """The droids' front door (serve/protocol.py): decode, predict through the registry, render;
     `POST /<model>` per served model and `POST /astromech`; errors `{"title", "description"}`."""
 
+    name = "droid"
     namespace = ""  # its routes sit at the root, beside the others
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        limits: Limits,
-        runner: BatchRunner,
-    ):
-        self._registry = registry
-        self._decoder = CrystalDecoder(limits, registry.names)
-        self._runner = runner
-        self._limits = limits
+    def __init__(self, path: InferencePath):
+        self._registry = registry = path.registry
+        self._decoder = CrystalDecoder(path.limits, registry.names)
+        self._runner = path.runner
+        self._limits = path.limits
         self._render = AnswerRenderer(registry.labels)
 
     def _answer(self, model: str, batch: np.ndarray) -> bytes:

@@ -28,6 +28,10 @@ class UnknownModel(ServiceError):
     title = "Unknown model"
 
 
+class UnknownVersion(UnknownModel):
+    title = "Unknown model version"
+
+
 class RequestTimeout(ServiceError):
     status = "408 Request Timeout"
     title = "Request timeout"

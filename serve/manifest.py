@@ -11,7 +11,8 @@ from serve.errors import StartupError
 MANIFEST_NAME = "manifest.json"
 # A model name becomes a URL path (/<name>), so it must be plain and not shadow another route.
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-RESERVED_NAMES = frozenset({"astromech", "metrics", "v2"})
+# Names that a route already takes where a model name would stand: /<name> and /v2/models/<name>.
+RESERVED_NAMES = frozenset({"astromech", "config", "docs", "metrics", "stats", "v2", "versions"})
 # A model's version: the first hex digits of its ONNX file's sha256.
 VERSION_DIGITS = 12
 

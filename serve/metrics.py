@@ -67,11 +67,21 @@ class Definition:
     live: "Callable[[list[Snapshot]], Iterable[Sample]] | None" = None
 
 
+# Requests by the protocol whose route answered them (serve/protocol.py; "none" for the
+# service's own routes such as /metrics), route template, method, model and status code.
+REQUEST_LABELS = ("protocol", "endpoint", "method", "model", "status")
 REQUESTS = Definition(
     "crystal_requests",
     "counter",
-    "HTTP requests answered, by route, method, model and status code.",
-    ("endpoint", "method", "model", "status"),
+    "HTTP requests answered, by protocol, route, method, model and status code.",
+    REQUEST_LABELS,
+)
+REQUEST_TIME = Definition(
+    "crystal_request_seconds",
+    "counter",
+    "Time spent answering requests, summed, by the labels of crystal_requests_total: the "
+    "mean time of a model's failed requests, say, where the duration histogram has routes only.",
+    REQUEST_LABELS,
 )
 SHED = Definition(
     "crystal_requests_shed",
@@ -96,6 +106,13 @@ WORKER_EXITS = Definition(
     "(killed for not reporting within TIMEOUT) or crash (any other exit while serving).",
     ("reason",),
     initial=tuple((reason,) for reason in EXIT_REASONS),
+)
+# A gauge that workers record keeps the largest value any worker saw, a retired one included.
+LAST_PREDICTION = Definition(
+    "crystal_last_prediction_timestamp_seconds",
+    "gauge",
+    "When each model last predicted, as Unix time: the latest over every worker.",
+    ("model",),
 )
 REQUEST_SECONDS = Definition(
     "crystal_request_duration_seconds",
@@ -152,13 +169,15 @@ MODEL_INFO = Definition(
     ("model", "version", "source_sha256"),
     live=lambda workers: [(m, 1) for m in sorted({tuple(m) for w in workers for m in w.models})],
 )
-# What workers record, and a retirement keeps.
-COUNTERS = (REQUESTS, SHED, PREDICTIONS, WORKER_EXITS)
+# What workers record as one value per label set, and a retirement keeps: counters summed,
+# gauges the largest (see _merge).
+VALUES = (REQUESTS, REQUEST_TIME, SHED, PREDICTIONS, WORKER_EXITS, LAST_PREDICTION)
 HISTOGRAMS = (REQUEST_SECONDS, INFERENCE_SECONDS, ROWS, CONFIDENCE)
 # Read from the live workers at scrape time.
 LIVE = (IN_FLIGHT, RESIDENT_MEMORY, CPU_SECONDS, MODEL_INFO)
 # Everything `/metrics` exports, in its order.
-FAMILIES = (*COUNTERS, *HISTOGRAMS, *LIVE)
+FAMILIES = (*VALUES, *HISTOGRAMS, *LIVE)
+_LARGEST = frozenset(d.name for d in VALUES if d.kind == "gauge")
 
 
 class Snapshot(msgspec.Struct):
@@ -210,7 +229,7 @@ class Metrics:
     ):
         self.folder = folder
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[tuple[str, ...], float]] = {d.name: {} for d in COUNTERS}
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {d.name: {} for d in VALUES}
         self._histograms: dict[str, dict[tuple[str, ...], Histogram]] = {
             d.name: {} for d in HISTOGRAMS
         }
@@ -229,9 +248,13 @@ class Metrics:
             histogram = series[labels] = Histogram(definition.buckets)
         return histogram
 
-    def request(self, endpoint: str, method: str, model: str, status: str, seconds: float) -> None:
+    def request(
+        self, protocol: str, endpoint: str, method: str, model: str, status: str, seconds: float
+    ) -> None:
+        labels = (protocol, endpoint, method, model, status)
         with self._lock:
-            self._count(REQUESTS, (endpoint, method, model, status))
+            self._count(REQUESTS, labels)
+            self._count(REQUEST_TIME, labels, seconds)
             self._histogram(REQUEST_SECONDS, (endpoint,)).observe(seconds)
 
     def shed(self) -> None:
@@ -249,7 +272,9 @@ class Metrics:
         """One batch: its size, its time in the model, and per row the index in `labels` of the
         predicted label and its probability."""
         key = (model,)
+        now = time.time()
         with self._lock:
+            self._counters[LAST_PREDICTION.name][key] = now
             self._histogram(ROWS, key).observe(len(best))
             self._histogram(INFERENCE_SECONDS, key).observe(seconds)
             if len(best) == 1:
@@ -288,13 +313,21 @@ class Metrics:
         if self.folder is not None:
             self.folder.write(self.snapshot())
 
-    def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type) in the format the `accept` header asks for, over every worker
-        when they share a folder."""
+    def _everyone(self) -> tuple[Snapshot, list[Snapshot]]:
+        """(retired totals, live workers' snapshots): every worker when they share a folder."""
         if self.folder is None:
-            return exposition(Snapshot(), [self.snapshot()], accept)
+            return Snapshot(), [self.snapshot()]
         self.flush()
-        return exposition(*self.folder.read_all(), accept)
+        return self.folder.read_all()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) in the format the `accept` header asks for."""
+        return exposition(*self._everyone(), accept)
+
+    def totals(self) -> "Totals":
+        """What every worker, live or retired, has recorded, added up as `/metrics` adds it."""
+        retired, workers = self._everyone()
+        return Totals(_merge([retired, *workers], live=False))
 
 
 def _resident_bytes() -> int:
@@ -383,8 +416,10 @@ def _merge(snapshots: list[Snapshot], live: bool) -> Snapshot:
     for snapshot in snapshots:
         for name, series in snapshot.counters.items():
             merged = counters.setdefault(name, {})
+            combine = max if name in _LARGEST else _add
             for labels, value in series:
-                merged[tuple(labels)] = merged.get(tuple(labels), 0) + value
+                key = tuple(labels)
+                merged[key] = combine(merged[key], value) if key in merged else value
         for name, series in snapshot.histograms.items():
             merged_h = histograms.setdefault(name, {})
             for labels, counts, total in series:
@@ -399,6 +434,27 @@ def _merge(snapshots: list[Snapshot], live: bool) -> Snapshot:
         in_flight=sum(s.in_flight for s in snapshots) if live else 0,
         retired_ids=[i for s in snapshots for i in s.retired_ids],
     )
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+class Totals:
+    """Added-up values and histograms, read by family and label values."""
+
+    def __init__(self, snapshot: Snapshot):
+        self._snapshot = snapshot
+
+    def values(self, definition: Definition) -> dict[tuple[str, ...], float]:
+        return {tuple(k): v for k, v in self._snapshot.counters.get(definition.name, [])}
+
+    def histogram(self, definition: Definition, labels: tuple[str, ...]) -> tuple[int, float]:
+        """(count, sum) of one histogram series; (0, 0.0) when nothing was observed."""
+        for series_labels, counts, total in self._snapshot.histograms.get(definition.name, []):
+            if tuple(series_labels) == labels:
+                return sum(counts), total
+        return 0, 0.0
 
 
 _FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}

@@ -29,6 +29,24 @@ def content(operation: dict, status: str | None = None) -> dict:
     return holder["content"][JSON]
 
 
+def with_versions(paths: dict, unversioned: str, versioned: str) -> dict:
+    """`paths` and, for each path under `unversioned`, the same operations under `versioned`
+    with the version parameter: a model's routes answer alike with and without its version."""
+    copies = {}
+    for path, item in paths.items():
+        if path == unversioned or path.startswith(unversioned + "/"):
+            copy = json.loads(json.dumps(item))
+            for operation in copy.values():
+                operation["operationId"] += "Version"
+                operation["parameters"].append({"$ref": "#/components/parameters/ModelVersion"})
+                if "404" in operation["responses"]:
+                    operation["responses"]["404"]["description"] = (
+                        "No model of that name and version."
+                    )
+            copies[versioned + path[len(unversioned) :]] = copy
+    return paths | copies
+
+
 def _answers(registry: ModelRegistry) -> dict[str, np.ndarray]:
     """Each ready model's probabilities for the example row, by name. Asked of the model itself:
     through `registry.run` they would count as predictions in the metrics. The warm-up ran this
@@ -42,7 +60,11 @@ def _answers(registry: ModelRegistry) -> dict[str, np.ndarray]:
 
 
 def _fill_components(
-    components: dict, names: list[str], labels: tuple[str, ...], shown: str | None
+    components: dict,
+    names: list[str],
+    versions: list[str],
+    labels: tuple[str, ...],
+    shown: str | None,
 ) -> None:
     schemas = components["schemas"]
     schemas["AstromechRequest"]["properties"]["model"]["enum"] = names
@@ -52,6 +74,7 @@ def _fill_components(
     scores["required"] = list(labels)
     model_name = components["parameters"]["ModelName"]
     model_name["schema"]["enum"] = names
+    components["parameters"]["ModelVersion"]["schema"]["enum"] = versions
     if shown is not None:
         model_name["example"] = shown
 
@@ -62,7 +85,9 @@ def build_spec(registry: ModelRegistry, protocols: Sequence[FrontDoor]) -> bytes
     answers = _answers(registry)
     examples = Examples(registry, answers, next(iter(answers), None))
     spec = template("base.json")
-    _fill_components(spec["components"], sorted(registry.names), registry.labels, examples.shown)
+    names = sorted(registry.names)
+    versions = sorted({registry.model(name).version for name in names})
+    _fill_components(spec["components"], names, versions, registry.labels, examples.shown)
     paths: dict = {}
     for protocol in protocols:
         paths |= protocol.openapi_paths(examples)

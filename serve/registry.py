@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from serve.classifier import Classifier
-from serve.errors import ModelNotReady, ServiceError, StartupError, UnknownModel
+from serve.errors import ModelNotReady, ServiceError, StartupError, UnknownModel, UnknownVersion
 from serve.metrics import Metrics
 
 # The published example's first row: a warm-up must return finite probabilities summing to one.
@@ -39,18 +39,24 @@ class ModelRegistry:
             return False
         return bool(abs(probabilities.sum() - 1.0) < 1e-5)
 
-    def model(self, name: str) -> Classifier:
+    def model(self, name: str, version: str | None = None) -> Classifier:
+        """The model named, refused (404) unless it serves `version` when one is asked for."""
         try:
-            return self._models[name]
+            model = self._models[name]
         except KeyError:
             raise UnknownModel(f"no model named {name[:40]!r}") from None
+        if version is not None and version != model.version:
+            raise UnknownVersion(
+                f"model {name} has no version {version[:40]!r}; it serves {[model.version]}", name
+            )
+        return model
 
     def version_tag(self, name: str) -> str:
         """`name/version`, as every prediction answer names its model."""
         return self._version_tags[name]
 
-    def is_ready(self, name: str) -> bool:
-        self.model(name)
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        self.model(name, version)
         return self._ready[name]
 
     @property

@@ -3,7 +3,7 @@ progress, the request metrics and the access log line. (The cap on work is serve
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import count
 from os import urandom
 
@@ -43,11 +43,13 @@ class RequestTelemetry:
         access_log: AccessLog,
         versions: Mapping[str, str],
         log_probes: bool,
+        protocol_of: Callable[[CrystalRequest], str],
     ):
         self._metrics = metrics
         self._access_log = access_log
         self._versions = versions
         self._log_probes = log_probes
+        self._protocol_of = protocol_of
         self._ids = RequestIds()
 
     async def process_request(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
@@ -74,7 +76,12 @@ class RequestTelemetry:
         method = req.method if req.method in METHODS else "other"
         status = resp.status_code
         metrics.request(
-            req.uri_template or "unmatched", method, context.model, str(status), seconds
+            self._protocol_of(req),
+            req.uri_template or "unmatched",
+            method,
+            context.model,
+            str(status),
+            seconds,
         )
         if probe and not self._log_probes:
             return

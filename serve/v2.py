@@ -5,11 +5,15 @@ Inference runs on the same registry, limits and validation rules as the droids' 
 Tensors come and go as JSON data or in the binary tensor data extension's form (what tritonclient
 sends and asks for by default): per output with `parameters.binary_data`, or for all with the
 request's `parameters.binary_data_output`; the JSON header's length is then in
-Inference-Header-Content-Length.
+Inference-Header-Content-Length. Triton's classification extension is served here too
+(`parameters.classification` on the probabilities output); its other extensions are in
+serve/triton.py. Every model route also answers under `/versions/{version}`, for the version
+the model lists.
 """
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import falcon
 import falcon.asgi
@@ -21,7 +25,7 @@ from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.classifier import Classifier
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
-from serve.protocol import AddRoute, Examples
+from serve.protocol import AddRoute, Examples, InferencePath, send_json
 from serve.registry import WARM_UP_ROW, ModelRegistry
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
@@ -30,12 +34,31 @@ from serve.settings import Limits
 PREFIX = "/v2"
 SERVER_NAME = "crystal-serving"
 SERVER_VERSION = "1.0.0"
-EXTENSIONS = ["binary_tensor_data"]
+# Served here: binary_tensor_data, classification; in serve/triton.py: the others.
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+]
 LABEL_OUTPUT = "label"
 OUTPUT_NAMES = (OUTPUT_NAME, LABEL_OUTPUT)
 INPUT_DATATYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 DATATYPES = {np.dtype(np.float64): "FP64", np.dtype(np.float32): "FP32"}
 BINARY_HEADER = "Inference-Header-Content-Length"
+MODEL = f"{PREFIX}/models/{{name}}"
+VERSIONED_MODEL = f"{MODEL}/versions/{{version}}"
+SHARED_MEMORY = "shared-memory tensors are not supported; send tensors in the body (JSON or binary)"
+
+
+class OutputRequest(NamedTuple):
+    """One output to answer with: in binary or JSON, and, for the classification extension,
+    the top `class_count` classes instead of the probabilities."""
+
+    name: str
+    binary: bool
+    class_count: int = 0
 
 
 class _Tensor(msgspec.Struct):
@@ -74,16 +97,23 @@ class InferDecoder:
 
     def decode(
         self, body: bytes, header_length: int | None
-    ) -> tuple[str | None, np.ndarray, tuple[tuple[str, bool], ...]]:
-        """(id, batch, requested outputs as (name, in binary)). `header_length` is the binary
-        extension's Inference-Header-Content-Length, if sent."""
+    ) -> tuple[str | None, np.ndarray, tuple[OutputRequest, ...]]:
+        """(id, batch, requested outputs). `header_length` is the binary extension's
+        Inference-Header-Content-Length, if sent."""
         if header_length is None:
             header, binary = body, b""
         elif 0 < header_length <= len(body):
             header, binary = body[:header_length], body[header_length:]
         else:
             raise BadRequest(f"{BINARY_HEADER} must lie within the body")
-        check_utf8(header)
+        try:
+            check_utf8(header)
+        except InvalidCrystalData as exc:
+            if header_length is None:
+                raise BadRequest(
+                    f"{exc}; a body with binary tensors needs the {BINARY_HEADER} header"
+                ) from None
+            raise
         try:
             request = _request_decoder.decode(header)
         except DECODE_ERRORS as exc:
@@ -100,17 +130,20 @@ class InferDecoder:
         shape = tensor.shape
         if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 1:
             raise BadRequest(f"input shape must be [n, {N_FEATURES}] with n >= 1, got {shape[:4]}")
-        if shape[0] > self._max_rows:
-            raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {self._max_rows}")
+        if "shared_memory_region" in tensor.parameters:
+            raise BadRequest(SHARED_MEMORY)
         dtype = INPUT_DATATYPES[tensor.datatype]
         if "binary_data_size" in tensor.parameters:
             batch = self._binary(tensor, binary, dtype)
         else:
             batch = self._json(tensor, dtype)
+        # The data must fit the shape first: only data that hold too many rows are too large.
         if batch.size != shape[0] * N_FEATURES:
             raise BadRequest(
                 f"input data has {batch.size} values, shape {shape} needs {shape[0] * N_FEATURES}"
             )
+        if shape[0] > self._max_rows:
+            raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {self._max_rows}")
         return batch.reshape(shape[0], N_FEATURES).astype(np.float64)
 
     def _json(self, tensor: _Tensor, dtype: np.dtype) -> np.ndarray:
@@ -139,23 +172,40 @@ class InferDecoder:
     @staticmethod
     def _outputs(
         requested: list[_RequestedOutput] | None, binary: bool
-    ) -> tuple[tuple[str, bool], ...]:
+    ) -> tuple[OutputRequest, ...]:
         """Each output in binary when it asks (`binary_data`), else as the request asks
-        (`binary_data_output`), else in JSON."""
-        if requested is None:
-            return tuple((name, binary) for name in OUTPUT_NAMES)
-        names = tuple(output.name for output in requested)
-        unknown = [name for name in names if name not in OUTPUT_NAMES]
-        if unknown or not names:
+        (`binary_data_output`), else in JSON. No outputs named (or an empty list) means all."""
+        if not requested:
+            return tuple(OutputRequest(name, binary) for name in OUTPUT_NAMES)
+        names = [output.name for output in requested]
+        if any(name not in OUTPUT_NAMES for name in names) or len(set(names)) != len(names):
             raise BadRequest(
-                f"outputs must be among {list(OUTPUT_NAMES)}, got {[n[:20] for n in names]}"
+                f"outputs must be among {list(OUTPUT_NAMES)}, each once, "
+                f"got {[n[:20] for n in names[:5]]}"
             )
-        for output in requested:
-            if "shared_memory_region" in output.parameters:
-                raise BadRequest("shared memory outputs are not supported")
         return tuple(
-            (output.name, _flag(output.parameters, "binary_data", binary)) for output in requested
+            OutputRequest(
+                output.name,
+                _flag(output.parameters, "binary_data", binary),
+                _class_count(output),
+            )
+            for output in requested
         )
+
+
+def _class_count(output: _RequestedOutput) -> int:
+    """The classification extension's `classification` parameter: 0 when absent."""
+    parameters = output.parameters
+    if "shared_memory_region" in parameters:
+        raise BadRequest(SHARED_MEMORY)
+    if "classification" not in parameters:
+        return 0
+    count = parameters["classification"]
+    if output.name != OUTPUT_NAME:
+        raise BadRequest(f"classification applies to the {OUTPUT_NAME} output only")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise BadRequest("parameter classification must be a whole number of classes, >= 1")
+    return count
 
 
 def _flag(parameters: dict[str, Any], name: str, default: bool = False) -> bool:
@@ -165,21 +215,33 @@ def _flag(parameters: dict[str, Any], name: str, default: bool = False) -> bool:
     return value
 
 
+def top_classes(probabilities: np.ndarray, labels: Sequence[str], count: int) -> list[str]:
+    """The classification extension's answer, row by row: the `count` most probable classes as
+    "score:index:label", highest first (ties by index). The score is the probability exactly as
+    the probabilities output gives it, in shortest round-trip form."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+    scores = np.take_along_axis(probabilities, order, axis=1)
+    return [
+        f"{score!r}:{index}:{labels[index]}"
+        for row_scores, row_order in zip(scores.tolist(), order.tolist(), strict=True)
+        for score, index in zip(row_scores, row_order, strict=True)
+    ]
+
+
 def _bytes_tensor(values: list[str]) -> bytes:
     """BYTES elements in the binary extension's form: a 4-byte little-endian length, then them."""
     encoded = [value.encode() for value in values]
     return b"".join(len(value).to_bytes(4, "little") + value for value in encoded)
 
 
-def _json(resp: falcon.asgi.Response, document: object, status: str = falcon.HTTP_200) -> None:
-    resp.status = status
-    resp.content_type = falcon.MEDIA_JSON
-    resp.data = _encoder.encode(document)
+def error_answer(title: str, description: str) -> bytes:
+    """The protocol's error shape: one message (the title is the droids' protocol's extra)."""
+    return _encoder.encode({"error": description})
 
 
 class ServerMetadata:
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
-        _json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+        send_json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 class Probe:
@@ -191,56 +253,64 @@ class Probe:
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
         if self._registry is None:
-            _json(resp, {"live": True})
+            send_json(resp, {"live": True})
             return
         ready = self._registry.all_ready
-        _json(resp, {"ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
+        send_json(resp, {"ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
 
     on_head = on_get
 
 
+def metadata(name: str, model: Classifier, labels: Sequence[str]) -> dict:
+    """A model's metadata: every output infer can return, with its datatype and shape."""
+    return {
+        "name": name,
+        "versions": [model.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "datatype": DATATYPES[model.input_dtype],
+                "shape": [-1, N_FEATURES],
+            }
+        ],
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "datatype": DATATYPES[model.output_dtype],
+                "shape": [-1, model.n_classes],
+            },
+            {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "labels": list(labels),
+    }
+
+
 class ModelDocuments:
-    """GET and HEAD `/v2/models/{name}` (metadata) and `/v2/models/{name}/ready` (readiness, the
-    `ready` suffix), counted under the model: an unknown name is a 404 in `registry.model`."""
+    """GET and HEAD `/v2/models/{name}[/versions/{version}]` (metadata) and its `/ready`
+    (readiness, the `ready` suffix), counted under the model: an unknown name or version is a
+    404 in `registry.model`."""
 
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
 
-    async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
-        model = self._registry.model(name)
+    async def on_get(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, name: str, version: str | None = None
+    ) -> None:
+        model = self._registry.model(name, version)
         req.context.model = name
-        _json(
-            resp,
-            {
-                "name": name,
-                "versions": [model.version],
-                "platform": "onnxruntime_onnx",
-                "inputs": [
-                    {
-                        "name": INPUT_NAME,
-                        "datatype": DATATYPES[model.input_dtype],
-                        "shape": [-1, N_FEATURES],
-                    }
-                ],
-                "outputs": [
-                    {
-                        "name": OUTPUT_NAME,
-                        "datatype": DATATYPES[model.output_dtype],
-                        "shape": [-1, model.n_classes],
-                    }
-                ],
-                "labels": list(self._registry.labels),
-            },
-        )
+        send_json(resp, metadata(name, model, self._registry.labels))
 
     on_head = on_get
 
     async def on_get_ready(
-        self, req: CrystalRequest, resp: falcon.asgi.Response, name: str
+        self, req: CrystalRequest, resp: falcon.asgi.Response, name: str, version: str | None = None
     ) -> None:
-        ready = self._registry.is_ready(name)
+        ready = self._registry.is_ready(name, version)
         req.context.model = name
-        _json(resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503)
+        send_json(
+            resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503
+        )
 
     on_head_ready = on_get_ready
 
@@ -250,26 +320,31 @@ def render_answer(
     model: Classifier,
     request_id: str | None,
     probabilities: np.ndarray,
-    labels: list[str],
-    outputs: tuple[tuple[str, bool], ...],
+    predicted: list[str],
+    classes: Sequence[str],
+    outputs: tuple[OutputRequest, ...],
 ) -> tuple[bytes, int | None]:
-    """The infer answer, and the length of its JSON header when binary outputs follow it."""
-    tensors = {
-        OUTPUT_NAME: (DATATYPES[model.output_dtype], list(probabilities.shape)),
-        LABEL_OUTPUT: ("BYTES", [len(labels)]),
-    }
+    """The infer answer, and the length of its JSON header when binary outputs follow it:
+    `predicted` holds each row's label, `classes` the labels of the probabilities' columns."""
     answer: dict[str, Any] = {"model_name": name, "model_version": model.version}
     if request_id is not None:
         answer["id"] = request_id
     answer["outputs"], binaries = [], []
-    for output, binary in outputs:
-        datatype, shape = tensors[output]
-        tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": shape}
-        if output == OUTPUT_NAME:
+    for output in outputs:
+        if output.class_count:
+            strings = top_classes(probabilities, classes, output.class_count)
+            count = len(strings) // len(probabilities)
+            datatype, shape, data = "BYTES", [len(probabilities), count], strings
+            raw = _bytes_tensor(strings) if output.binary else None
+        elif output.name == OUTPUT_NAME:
+            datatype, shape = DATATYPES[model.output_dtype], list(probabilities.shape)
+            data = probabilities.ravel().tolist()
             values = probabilities.astype(model.output_dtype, copy=False)
-            raw, data = (values.tobytes() if binary else None), probabilities.ravel().tolist()
+            raw = values.tobytes() if output.binary else None
         else:
-            raw, data = (_bytes_tensor(labels) if binary else None), labels
+            datatype, shape, data = "BYTES", [len(predicted)], predicted
+            raw = _bytes_tensor(predicted) if output.binary else None
+        tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": shape}
         if raw is None:
             tensor["data"] = data
         else:
@@ -283,6 +358,8 @@ def render_answer(
 
 
 class InferResource:
+    """POST `/v2/models/{name}[/versions/{version}]/infer`."""
+
     def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
         self._registry = registry
         self._decoder = InferDecoder(limits)
@@ -294,13 +371,17 @@ class InferResource:
     ) -> tuple[int, bytes, int | None]:
         """(rows, answer, length of its JSON header when binary outputs follow it)."""
         request_id, batch, outputs = self._decoder.decode(body, header_length)
-        probabilities, labels = self._registry.run(name, batch)
+        probabilities, predicted = self._registry.run(name, batch)
         model = self._registry.model(name)
-        answer, json_length = render_answer(name, model, request_id, probabilities, labels, outputs)
+        answer, json_length = render_answer(
+            name, model, request_id, probabilities, predicted, self._registry.labels, outputs
+        )
         return len(batch), answer, json_length
 
-    async def on_post(self, req: CrystalRequest, resp: falcon.asgi.Response, name: str) -> None:
-        self._registry.model(name)
+    async def on_post(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, name: str, version: str | None = None
+    ) -> None:
+        self._registry.model(name, version)
         req.context.model = name
         header_length = req.get_header(BINARY_HEADER)
         if header_length is not None and not header_length.isdigit():
@@ -325,26 +406,28 @@ class OpenInferenceProtocol:
     """The Open Inference Protocol's front door (serve/protocol.py): everything under /v2,
     errors `{"error": ...}`, on the same inference path as the droids'."""
 
+    name = "v2"
     namespace = PREFIX
 
-    def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
-        self._registry = registry
-        self._limits = limits
-        self._runner = runner
+    def __init__(self, path: InferencePath):
+        self._path = path
+        self._registry = path.registry
 
     def add_routes(self, add: AddRoute) -> None:
-        registry = self._registry
-        add(PREFIX, ServerMetadata())
+        path, registry = self._path, self._path.registry
+        server = ServerMetadata()
+        add(PREFIX, server)
+        add(f"{PREFIX}/", server)  # the upstream REST definition's spelling
         add(f"{PREFIX}/health/live", Probe(None))
         add(f"{PREFIX}/health/ready", Probe(registry))
         models = ModelDocuments(registry)
-        add(f"{PREFIX}/models/{{name}}", models)
-        add(f"{PREFIX}/models/{{name}}/ready", models, suffix="ready")
-        add(f"{PREFIX}/models/{{name}}/infer", InferResource(registry, self._limits, self._runner))
+        infer = InferResource(registry, path.limits, path.runner)
+        for model in (MODEL, VERSIONED_MODEL):
+            add(model, models)
+            add(f"{model}/ready", models, suffix="ready")
+            add(f"{model}/infer", infer)
 
-    def error_body(self, title: str, description: str) -> bytes:
-        """One message: the title is the droids' protocol's extra."""
-        return _encoder.encode({"error": description})
+    error_body = staticmethod(error_answer)
 
     def openapi_paths(self, examples: Examples) -> dict:
         paths = openapi.template("v2.json")
@@ -361,12 +444,24 @@ class OpenInferenceProtocol:
             openapi.content(infer, "200")["example"] = self._example_answer(
                 shown, examples.answers[shown]
             )
-        return paths
+        paths[f"{PREFIX}/"] = {
+            method: {**operation, "operationId": f"{operation['operationId']}TrailingSlash"}
+            for method, operation in paths[PREFIX].items()
+        }
+        return openapi.with_versions(paths, MODEL, VERSIONED_MODEL)
 
     def _example_answer(self, name: str, probabilities: np.ndarray) -> dict:
         """What `POST /v2/models/{name}/infer` answers, both outputs in JSON."""
-        outputs = tuple((output, False) for output in OUTPUT_NAMES)
-        labels = self._registry.labels_of(probabilities)
-        model = self._registry.model(name)
-        answer, _ = render_answer(name, model, openapi.EXAMPLE_ID, probabilities, labels, outputs)
+        outputs = tuple(OutputRequest(output, False) for output in OUTPUT_NAMES)
+        registry = self._registry
+        predicted = registry.labels_of(probabilities)
+        answer, _ = render_answer(
+            name,
+            registry.model(name),
+            openapi.EXAMPLE_ID,
+            probabilities,
+            predicted,
+            registry.labels,
+            outputs,
+        )
         return msgspec.json.decode(answer)

@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from harness.server import REPO_ROOT, ServerProcess, free_port
+from serve import metrics
 from serve.errors import StartupError
 from serve.settings import Settings
 from support.examples import ROWS
@@ -39,29 +40,11 @@ GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$job": JOB}
 
 # The service's metric contract as sample names: counters end in _total, histograms expose
 # _bucket, _sum and _count.
-COUNTERS = (
-    "crystal_requests",
-    "crystal_predictions",
-    "crystal_requests_shed",
-    "crystal_worker_cpu_seconds",
-    "crystal_worker_exits",
-)
-HISTOGRAMS = (
-    "crystal_request_duration_seconds",
-    "crystal_inference_duration_seconds",
-    "crystal_request_rows",
-    "crystal_prediction_confidence",
-)
-GAUGES = (
-    "crystal_requests_in_flight",
-    "crystal_worker_resident_memory_bytes",
-    "crystal_model_info",
-)
-FAMILIES: dict[str, set[str]] = (
-    {name: {f"{name}_total"} for name in COUNTERS}
-    | {name: {f"{name}_{suffix}" for suffix in ("bucket", "sum", "count")} for name in HISTOGRAMS}
-    | {name: {name} for name in GAUGES}
-)
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+FAMILIES: dict[str, set[str]] = {
+    family.name: {family.name + suffix for suffix in SUFFIXES[family.kind]}
+    for family in metrics.FAMILIES
+}
 EXPOSED = set().union(*FAMILIES.values())
 PROMETHEUS_OWN = {"up"}  # recorded by Prometheus for every target
 

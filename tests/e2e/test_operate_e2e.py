@@ -20,6 +20,7 @@ from serve.labels import load_labels
 from serve.manifest import read_manifest
 from serve.metrics import Metrics
 from serve.openapi import build_spec
+from serve.protocol import InferencePath
 from serve.registry import ModelRegistry
 from serve.runner import BatchRunner
 from serve.settings import Limits
@@ -41,7 +42,7 @@ def server() -> Iterator[ServerProcess]:
 def counter(metrics: str, endpoint: str, model: str, status: int) -> float:
     pattern = (
         rf'^crystal_requests_total\{{endpoint="{re.escape(endpoint)}",method="POST",'
-        rf'model="{model}",status="{status}"\}} (\S+)$'
+        rf'model="{model}",protocol="droid",status="{status}"\}} (\S+)$'
     )
     match = re.search(pattern, metrics, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -209,7 +210,8 @@ def test_spec_for_the_committed_models_is_valid() -> None:
     models = {f.name: OnnxClassifier(f.name, f.read_verified()) for f in model_files}
     registry = ModelRegistry(models, load_labels(REPO_ROOT / "labels.txt"), Metrics())
     runner = BatchRunner(0, 1, Metrics())
-    protocols = [protocol(registry, Limits(), runner) for protocol in PROTOCOLS]
+    path = InferencePath(registry, Limits(), runner, Metrics())
+    protocols = [protocol(path) for protocol in PROTOCOLS]
     spec = json.loads(build_spec(registry, protocols))
     validate(spec)
     assert {f"/{f.name}" for f in model_files} <= set(spec["paths"])

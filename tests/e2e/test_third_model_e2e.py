@@ -119,10 +119,17 @@ def test_open_inference_protocol_serves_it(served: Served) -> None:
         LABELS,
     )
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}]
-    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]}]
+    assert metadata["outputs"] == [
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
     ready = requests.get(f"{url}/v2/models/{THIRD}/ready", timeout=10)
     assert (ready.status_code, ready.json()) == (200, {"name": THIRD, "ready": True})
     assert requests.head(f"{url}/v2/models/{THIRD}/ready", timeout=10).status_code == 200
+    config = requests.get(f"{url}/v2/models/{THIRD}/versions/{version}/config", timeout=10).json()
+    assert (config["name"], config["parameters"]["version"]["string_value"]) == (THIRD, version)
+    index = requests.post(f"{url}/v2/repository/index", timeout=10).json()
+    assert {"name": THIRD, "version": version, "state": "READY", "reason": ""} in index
 
     tensor = {"name": "input", "shape": list(ROWS.shape), "datatype": "FP64"}
     response = served.post(

@@ -1,5 +1,7 @@
 """The Open Inference Protocol through the real tritonclient, against the live server."""
 
+import time
+
 import numpy as np
 import pytest
 import requests
@@ -20,14 +22,27 @@ def client(server: ServerProcess) -> triton.InferenceServerClient:
 
 
 def infer(
-    client, model: str, rows: np.ndarray, datatype: str, outputs=None, request_id="", binary=False
+    client,
+    model: str,
+    rows: np.ndarray,
+    datatype: str,
+    outputs=None,
+    request_id="",
+    binary=False,
+    model_version="",
 ):
     """JSON tensors both ways unless `binary`; with no outputs named the client asks for all of
     them in binary (its default)."""
     tensor = triton.InferInput("input", list(rows.shape), datatype)
     tensor.set_data_from_numpy(rows, binary_data=binary)
     requested = [triton.InferRequestedOutput(name, binary_data=binary) for name in outputs or []]
-    return client.infer(model, [tensor], outputs=requested or None, request_id=request_id)
+    return client.infer(
+        model,
+        [tensor],
+        model_version=model_version,
+        outputs=requested or None,
+        request_id=request_id,
+    )
 
 
 def labels(result) -> list[str]:
@@ -161,3 +176,154 @@ def test_deflate_request_bodies_are_refused(client: triton.InferenceServerClient
     tensor.set_data_from_numpy(ROWS)
     with pytest.raises(InferenceServerException, match="'deflate' is not supported"):
         client.infer("sklearn", [tensor], request_compression_algorithm="deflate")
+
+
+# --- every client method that applies: versions, extensions, refusals --------------------------
+
+
+def version_of(client: triton.InferenceServerClient, model: str) -> str:
+    return client.get_model_metadata(model)["versions"][0]
+
+
+@pytest.mark.parametrize("model", ["sklearn", "pytorch"])
+def test_versioned_calls_answer_as_unversioned_ones(
+    client: triton.InferenceServerClient, model: str
+) -> None:
+    version = version_of(client, model)
+    assert client.is_model_ready(model, version)
+    assert client.get_model_metadata(model, version) == client.get_model_metadata(model)
+    assert client.get_model_config(model, version) == client.get_model_config(model)
+    tensor = triton.InferInput("input", list(ROWS.shape), "FP64")
+    tensor.set_data_from_numpy(ROWS)
+    versioned = client.infer(model, [tensor], model_version=version)
+    plain = client.infer(model, [tensor])
+    assert (
+        versioned.as_numpy("probabilities").tobytes() == plain.as_numpy("probabilities").tobytes()
+    )
+    assert versioned.get_response()["model_version"] == version
+
+
+def test_a_version_not_served_is_refused_by_every_call(
+    client: triton.InferenceServerClient,
+) -> None:
+    message = "model sklearn has no version '1'; it serves"
+    assert not client.is_model_ready("sklearn", "1")
+    calls = [
+        lambda: client.get_model_metadata("sklearn", "1"),
+        lambda: client.get_model_config("sklearn", "1"),
+        lambda: client.get_inference_statistics("sklearn", "1"),
+        lambda: infer(client, "sklearn", ROWS, "FP64", model_version="1"),
+    ]
+    for call in calls:
+        with pytest.raises(InferenceServerException, match=message):
+            call()
+
+
+def test_metadata_lists_the_label_output(client: triton.InferenceServerClient) -> None:
+    outputs = client.get_model_metadata("sklearn")["outputs"]
+    assert outputs == [
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_through_the_client(
+    client: triton.InferenceServerClient, binary: bool
+) -> None:
+    tensor = triton.InferInput("input", list(ROWS.shape), "FP64")
+    tensor.set_data_from_numpy(ROWS, binary_data=binary)
+    classified = client.infer(
+        "sklearn",
+        [tensor],
+        outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)],
+    )
+    top = classified.as_numpy("probabilities")
+    assert top.shape == (4, 2)
+    probabilities = client.infer("sklearn", [tensor]).as_numpy("probabilities")
+    for row, classes in zip(probabilities, top, strict=True):
+        first = (c.decode() if isinstance(c, bytes) else c for c in classes)
+        (score, index, _label), (second_score, *_) = (c.split(":") for c in first)
+        assert float(score) == row.max() == row[int(index)]
+        assert float(second_score) == np.sort(row)[-2]
+
+
+def test_statistics_through_the_client(client: triton.InferenceServerClient) -> None:
+    """Counts over both workers: each publishes its own every few seconds, so the client polls
+    until both of these requests are in."""
+    before = client.get_inference_statistics("pytorch")["model_stats"][0]
+    tensor = triton.InferInput("input", [4, 4], "FP32")
+    tensor.set_data_from_numpy(ROWS.astype(np.float32))
+    client.infer("pytorch", [tensor])
+    client.infer("pytorch", [tensor])
+    deadline = time.monotonic() + 30
+    while True:
+        version = version_of(client, "pytorch")
+        (stats,) = client.get_inference_statistics("pytorch", version)["model_stats"]
+        success = stats["inference_stats"]["success"]["count"]
+        if success >= before["inference_stats"]["success"]["count"] + 2:
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.2)
+    assert stats["inference_count"] >= before["inference_count"] + 8
+    assert stats["last_inference"] >= before["last_inference"]
+    every = client.get_inference_statistics()["model_stats"]
+    assert sorted(s["name"] for s in every) == ["pytorch", "sklearn"]
+
+
+def test_configuration_and_repository_index_through_the_client(
+    client: triton.InferenceServerClient,
+) -> None:
+    config = client.get_model_config("pytorch")
+    assert (config["max_batch_size"], config["input"][0]["dims"]) == (100_000, [4])
+    assert [o["name"] for o in config["output"]] == ["probabilities", "label"]
+    index = client.get_model_repository_index()
+    assert [(m["name"], m["state"]) for m in index] == [("pytorch", "READY"), ("sklearn", "READY")]
+    assert index[1]["version"] == version_of(client, "sklearn")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.load_model("sklearn"), "SIGHUP"),
+        (lambda c: c.unload_model("sklearn"), "SIGHUP"),
+        (lambda c: c.get_system_shared_memory_status(), "shared-memory tensors"),
+        (lambda c: c.register_system_shared_memory("r", "/k", 64), "shared-memory tensors"),
+        (lambda c: c.unregister_system_shared_memory(), "shared-memory tensors"),
+        (lambda c: c.get_cuda_shared_memory_status(), "shared-memory tensors"),
+        (lambda c: c.register_cuda_shared_memory("r", b"h", 0, 64), "shared-memory tensors"),
+        (lambda c: c.unregister_cuda_shared_memory("r"), "shared-memory tensors"),
+        (lambda c: c.get_trace_settings(), "tracing is not served"),
+        (lambda c: c.update_trace_settings("sklearn", {"trace_level": ["TIMESTAMPS"]}), "tracing"),
+        (lambda c: c.get_log_settings(), "log settings are not changed"),
+        (lambda c: c.update_log_settings({"log_verbose_level": 1}), "log settings"),
+    ],
+    ids=lambda value: "" if callable(value) else value[:20],
+)
+def test_features_not_served_raise_a_clear_error(
+    client: triton.InferenceServerClient, call, message: str
+) -> None:
+    with pytest.raises(InferenceServerException, match=message):
+        call(client)
+
+
+def test_async_infer_and_the_request_body_helpers(
+    server: ServerProcess, client: triton.InferenceServerClient
+) -> None:
+    tensor = triton.InferInput("input", [4, 4], "FP64")
+    tensor.set_data_from_numpy(ROWS)
+    expected = client.infer("sklearn", [tensor]).as_numpy("probabilities")
+    assert np.array_equal(
+        client.async_infer("sklearn", [tensor]).get_result().as_numpy("probabilities"), expected
+    )
+    body, header_length = triton.InferenceServerClient.generate_request_body([tensor])
+    answer = requests.post(
+        f"{server.url}/v2/models/sklearn/infer",
+        data=body,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+        timeout=10,
+    )
+    result = triton.InferenceServerClient.parse_response_body(
+        answer.content, header_length=int(answer.headers["Inference-Header-Content-Length"])
+    )
+    assert np.array_equal(result.as_numpy("probabilities"), expected)

@@ -11,10 +11,8 @@ from falcon import testing
 import serve.app
 from serve.app import create_app
 from serve.errors import StartupError
-from serve.protocol import AddRoute, Examples
+from serve.protocol import AddRoute, Examples, InferencePath
 from serve.registry import ModelRegistry
-from serve.runner import BatchRunner
-from serve.settings import Limits
 from support.examples import ROWS
 from support.fakes import (
     LABELS,
@@ -164,10 +162,11 @@ class EchoProtocol:
     """A third front door, as a new protocol module would add one: its route, its error shape,
     its path item."""
 
+    name = "echo"
     namespace = "/echo"
 
-    def __init__(self, registry: ModelRegistry, limits: Limits, runner: BatchRunner):
-        self._registry = registry
+    def __init__(self, path: InferencePath):
+        self._registry = path.registry
 
     def add_routes(self, add: AddRoute) -> None:
         add("/echo/{name}", EchoResource(self._registry))
@@ -210,3 +209,5 @@ def test_a_protocol_is_one_entry_in_protocols(
     }
     assert client.simulate_get("/v2/nothing").json == {"error": "no route /v2/nothing"}
     assert "/echo/{name}" in client.simulate_get("/openapi.json").json["paths"]
+    scraped = client.simulate_get("/metrics").text
+    assert 'endpoint="/echo/{name}",method="GET",model="",protocol="echo",status="200"' in scraped

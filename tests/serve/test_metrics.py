@@ -5,6 +5,7 @@ scraper parses it."""
 import itertools
 import math
 import os
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -19,14 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve import metrics
 from serve.metrics import (
     CONFIDENCE_BUCKETS,
-    COUNTERS,
     EXIT_REASONS,
     FAMILIES,
     HISTOGRAMS,
+    LAST_PREDICTION,
     RETIRED_FILE,
     RETIRED_IDS_KEPT,
     ROW_BUCKETS,
     SHED,
+    VALUES,
     WORKER_EXITS,
     Histogram,
     Metrics,
@@ -45,10 +47,12 @@ PROMETHEUS_ACCEPT = (
 )
 # The names, types and labels the dashboard and the alerts (deploy/monitoring/) query.
 CONTRACT = {
-    "crystal_requests": ("counter", ("endpoint", "method", "model", "status")),
+    "crystal_requests": ("counter", ("protocol", "endpoint", "method", "model", "status")),
+    "crystal_request_seconds": ("counter", ("protocol", "endpoint", "method", "model", "status")),
     "crystal_requests_shed": ("counter", ()),
     "crystal_predictions": ("counter", ("model", "label")),
     "crystal_worker_exits": ("counter", ("reason",)),
+    "crystal_last_prediction_timestamp_seconds": ("gauge", ("model",)),
     "crystal_request_duration_seconds": ("histogram", ("endpoint",)),
     "crystal_inference_duration_seconds": ("histogram", ("model",)),
     "crystal_request_rows": ("histogram", ("model",)),
@@ -58,8 +62,8 @@ CONTRACT = {
     "crystal_worker_cpu_seconds": ("counter", ("worker",)),
     "crystal_model_info": ("gauge", ("model", "version", "source_sha256")),
 }
-# The families that count work done: no scrape may ever see one go down.
-WORK_DONE = {definition.name for definition in (*COUNTERS, *HISTOGRAMS)}
+# The families of work done (and when it was last done): no scrape may ever see one go down.
+WORK_DONE = {definition.name for definition in (*VALUES, *HISTOGRAMS)}
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 SHED_TOTAL: Key = ("crystal_requests_shed_total", ())
@@ -110,7 +114,7 @@ def recorded(
     refused, and a prediction per batch size in `batches`."""
     recorder = Metrics(models=[MODEL])
     for _ in range(requests):
-        recorder.request("/sklearn", "POST", "sklearn", "200", 0.003)
+        recorder.request("droid", "/sklearn", "POST", "sklearn", "200", 0.003)
     for _ in range(shed):
         recorder.shed()
     for rows in batches:
@@ -195,18 +199,26 @@ def test_observe_many_of_float32_confidences_agrees_with_observe() -> None:
 
 def test_a_snapshot_holds_what_the_worker_counted() -> None:
     recorder = Metrics(models=[MODEL])
-    recorder.request("/sklearn", "POST", "sklearn", "200", 0.003)
-    recorder.request("/sklearn", "POST", "sklearn", "200", 0.0005)
-    recorder.request("/sklearn", "POST", "sklearn", "422", 0.001)
+    recorder.request("droid", "/sklearn", "POST", "sklearn", "200", 0.003)
+    recorder.request("droid", "/sklearn", "POST", "sklearn", "200", 0.0005)
+    recorder.request("droid", "/sklearn", "POST", "sklearn", "422", 0.001)
     recorder.shed()
     recorder.prediction("sklearn", 0.0001, LABELS, np.array([2]), np.array([0.95]))
     recorder.prediction("sklearn", 0.002, LABELS, np.array([0, 2, 2]), np.array([0.5, 0.7, 1.0]))
     recorder.in_flight = 2
-    snapshot = recorder.snapshot()
-    assert counter_values(snapshot) == {
+    before, snapshot, after = time.time(), recorder.snapshot(), time.time()
+    values = counter_values(snapshot)
+    (last_prediction,) = values.pop(LAST_PREDICTION.name).items()
+    assert last_prediction[0] == ("sklearn",)
+    assert before - 1 <= last_prediction[1] <= after
+    assert values == {
         "crystal_requests": {
-            ("/sklearn", "POST", "sklearn", "200"): 2,
-            ("/sklearn", "POST", "sklearn", "422"): 1,
+            ("droid", "/sklearn", "POST", "sklearn", "200"): 2,
+            ("droid", "/sklearn", "POST", "sklearn", "422"): 1,
+        },
+        "crystal_request_seconds": {
+            ("droid", "/sklearn", "POST", "sklearn", "200"): pytest.approx(0.0035),
+            ("droid", "/sklearn", "POST", "sklearn", "422"): 0.001,
         },
         "crystal_requests_shed": {(): 1},
         "crystal_predictions": {("sklearn", "yellow"): 3, ("sklearn", "blue"): 1},
@@ -272,6 +284,29 @@ def test_merge_adds_counters_over_the_union_of_label_sets() -> None:
         "crystal_requests_shed": {(): 1.0},
         "crystal_predictions": {("m", "blue"): 5.0},
     }
+
+
+def test_merge_keeps_the_latest_timestamp_of_a_recorded_gauge() -> None:
+    """A model's last prediction is the latest any worker, live or retired, saw."""
+    name = LAST_PREDICTION.name
+    first = Snapshot(counters={name: [(["m"], 300.0), (["n"], 5.0)]})
+    second = Snapshot(counters={name: [(["m"], 200.0), (["n"], 7.0), (["o"], 1.0)]})
+    merged = {("m",): 300.0, ("n",): 7.0, ("o",): 1.0}
+    assert counter_values(_merge([first, second], live=False)) == {name: merged}
+    assert counter_values(_merge([second, first], live=False)) == {name: merged}
+
+
+def test_totals_read_values_and_histograms_by_labels() -> None:
+    recorder = Metrics()
+    recorder.request("v2", "/v2/models/{name}/infer", "POST", "sklearn", "200", 0.25)
+    recorder.prediction("sklearn", 0.5, LABELS, np.array([0, 1, 1]), np.full(3, 0.9))
+    totals = recorder.totals()
+    labels = ("v2", "/v2/models/{name}/infer", "POST", "sklearn", "200")
+    assert totals.values(metrics.REQUESTS) == {labels: 1}
+    assert totals.values(metrics.REQUEST_TIME) == {labels: 0.25}
+    assert totals.histogram(metrics.ROWS, ("sklearn",)) == (1, 3.0)
+    assert totals.histogram(metrics.INFERENCE_SECONDS, ("sklearn",)) == (1, 0.5)
+    assert totals.histogram(metrics.ROWS, ("pytorch",)) == (0, 0.0)
 
 
 def test_merge_adds_histograms_bucket_by_bucket_and_their_sums() -> None:

@@ -85,7 +85,10 @@ def test_model_metadata(client: testing.TestClient) -> None:
         "versions": ["0123456789ab"],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ],
         "labels": list(LABELS),
     }
     assert client.simulate_get("/v2/models/sklearn").json["inputs"][0]["datatype"] == "FP64"
@@ -223,7 +226,13 @@ def test_server_metadata(client: testing.TestClient) -> None:
     assert client.simulate_get("/v2").json == {
         "name": "crystal-serving",
         "version": "1.0.0",
-        "extensions": ["binary_tensor_data"],
+        "extensions": [
+            "binary_tensor_data",
+            "classification",
+            "statistics",
+            "model_configuration",
+            "model_repository",
+        ],
     }
 
 
@@ -371,8 +380,8 @@ def test_work_beyond_the_cap_is_shed_with_503_while_probes_answer() -> None:
     text = testing.TestClient(app).simulate_get("/metrics").text
     assert "crystal_requests_shed_total 2.0" in text
     assert (
-        'crystal_requests_total{endpoint="/sklearn",method="POST",model="sklearn",status="503"} 1.0'
-        in text
+        'crystal_requests_total{endpoint="/sklearn",method="POST",model="sklearn",'
+        'protocol="droid",status="503"} 1.0' in text
     )
     # Every request counted out as it was counted in; probes and scrapes are not counted.
     assert "crystal_requests_in_flight 0.0" in text
@@ -396,11 +405,17 @@ def test_metrics_count_requests(client: testing.TestClient) -> None:
     text = client.simulate_get("/metrics").text
     client.simulate_options("/sklearn")
     text = client.simulate_get("/metrics").text
-    sklearn = 'endpoint="/sklearn",method="{}",model="sklearn",status="{}"'
+    sklearn = 'endpoint="/sklearn",method="{}",model="sklearn",protocol="droid",status="{}"'
     assert f"crystal_requests_total{{{sklearn.format('POST', 200)}}} 3.0" in text
     assert f"crystal_requests_total{{{sklearn.format('POST', 422)}}} 1.0" in text
-    options = 'crystal_requests_total{endpoint="/sklearn",method="OPTIONS",model="",status="200"}'
+    options = (
+        'crystal_requests_total{endpoint="/sklearn",method="OPTIONS",model="",protocol="droid",'
+        'status="200"}'
+    )
     assert f"{options} 1.0" in text
+    # The service's own routes belong to no protocol.
+    scrape = 'endpoint="/metrics",method="GET",model="",protocol="none",status="200"'
+    assert f"crystal_requests_total{{{scrape}}} 1.0" in text
     assert 'crystal_inference_duration_seconds_count{model="sklearn"} 3.0' in text
     assert 'crystal_request_rows_sum{model="sklearn"} 9.0' in text
     # SKLEARN_ROWS cycle over the 3 rows: blue, green, blue, three times.
@@ -526,7 +541,8 @@ def test_model_metadata_and_readiness_are_counted_under_their_model(
     client.simulate_head("/v2/models/pytorch/ready")
     client.simulate_get("/v2/models/keras")
     text = client.simulate_get("/metrics").text
-    series = 'crystal_requests_total{{endpoint="{}",method="{}",model="{}",status="{}"}} 1.0'
+    labels = 'endpoint="{}",method="{}",model="{}",protocol="v2",status="{}"'
+    series = f"crystal_requests_total{{{{{labels}}}}} 1.0"
     assert series.format("/v2/models/{name}", "GET", "sklearn", 200) in text
     assert series.format("/v2/models/{name}/ready", "GET", "pytorch", 200) in text
     assert series.format("/v2/models/{name}/ready", "HEAD", "pytorch", 200) in text

@@ -183,7 +183,7 @@ def test_binary_labels_are_length_prefixed(client: testing.TestClient) -> None:
         ({"outputs": [{"name": "label", "parameters": {"binary_data": 1}}]}, "binary_data must"),
         (
             {"outputs": [{"name": "label", "parameters": {"shared_memory_region": "r"}}]},
-            "shared memory outputs are not supported",
+            "shared-memory tensors are not supported",
         ),
     ],
 )
@@ -191,5 +191,174 @@ def test_bad_output_parameters_are_refused(
     client: testing.TestClient, extra: dict, message: str
 ) -> None:
     result = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, **extra))
+    assert result.status_code == 400
+    assert message in result.json["error"]
+
+
+# --- versions, outputs, the server metadata's spellings --------------------------------------
+
+VERSION = "0123456789ab"
+
+
+@pytest.mark.parametrize(
+    ("unversioned", "versioned"),
+    [
+        ("/v2/models/sklearn", f"/v2/models/sklearn/versions/{VERSION}"),
+        ("/v2/models/sklearn/ready", f"/v2/models/sklearn/versions/{VERSION}/ready"),
+        ("/v2/models/sklearn/stats", f"/v2/models/sklearn/versions/{VERSION}/stats"),
+        ("/v2/models/sklearn/config", f"/v2/models/sklearn/versions/{VERSION}/config"),
+        ("/v2", "/v2/"),
+    ],
+)
+def test_a_versioned_route_answers_as_the_unversioned_one(
+    client: testing.TestClient, unversioned: str, versioned: str
+) -> None:
+    plain, with_version = client.simulate_get(unversioned), client.simulate_get(versioned)
+    assert plain.status_code == with_version.status_code == 200
+    assert plain.json == with_version.json
+
+
+def test_versioned_infer_answers_as_unversioned_infer(client: testing.TestClient) -> None:
+    body = request(ROWS, id="v")
+    plain = client.simulate_post("/v2/models/sklearn/infer", json=body)
+    versioned = client.simulate_post(f"/v2/models/sklearn/versions/{VERSION}/infer", json=body)
+    assert versioned.status_code == 200
+    assert versioned.content == plain.content
+
+
+@pytest.mark.parametrize("suffix", ["", "/ready", "/infer", "/stats", "/config"])
+def test_a_version_the_model_does_not_list_is_404_naming_the_served_one(
+    client: testing.TestClient, suffix: str
+) -> None:
+    method = client.simulate_post if suffix == "/infer" else client.simulate_get
+    result = method(f"/v2/models/sklearn/versions/1{suffix}", json=request(ROWS))
+    assert result.status_code == 404
+    assert result.json == {"error": f"model sklearn has no version '1'; it serves ['{VERSION}']"}
+
+
+def test_metadata_lists_every_output_infer_returns(client: testing.TestClient) -> None:
+    metadata = client.simulate_get("/v2/models/pytorch").json
+    answer = client.simulate_post("/v2/models/pytorch/infer", json=request(ROWS)).json
+    listed = {o["name"]: (o["datatype"], len(o["shape"])) for o in metadata["outputs"]}
+    returned = {o["name"]: (o["datatype"], len(o["shape"])) for o in answer["outputs"]}
+    assert listed == returned == {"probabilities": ("FP32", 2), "label": ("BYTES", 1)}
+
+
+def test_an_empty_output_list_means_the_defaults(client: testing.TestClient) -> None:
+    empty = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, outputs=[]))
+    default = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS))
+    assert empty.status_code == 200
+    assert empty.content == default.content
+
+
+def test_an_output_named_twice_is_refused(client: testing.TestClient) -> None:
+    outputs = [{"name": "label"}, {"name": "label"}]
+    result = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, outputs=outputs))
+    assert result.status_code == 400
+    assert "each once" in result.json["error"]
+
+
+def test_shape_and_data_disagreeing_is_400_even_past_the_row_limit(
+    client: testing.TestClient,
+) -> None:
+    """Too large (413) only when the data hold that many rows: the upstream REST definition
+    documents 400 for a request whose data do not fit its shape."""
+    result = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, shape=(9, 4)))
+    assert result.status_code == 400
+    assert result.json["error"] == "input data has 8 values, shape [9, 4] needs 36"
+
+
+def test_a_shared_memory_input_is_refused_by_name(client: testing.TestClient) -> None:
+    tensor = {
+        "name": "input",
+        "shape": [2, 4],
+        "datatype": "FP64",
+        "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 64},
+    }
+    result = client.simulate_post("/v2/models/sklearn/infer", json={"inputs": [tensor]})
+    assert result.status_code == 400
+    assert result.json["error"].startswith("shared-memory tensors are not supported")
+
+
+def test_a_binary_body_without_its_header_says_the_header_is_missing(
+    client: testing.TestClient,
+) -> None:
+    header = json.dumps(request(None) | {"parameters": {}}).encode()
+    result = client.simulate_post(
+        "/v2/models/sklearn/infer", body=header + np.ones(8).tobytes() + b"\xff"
+    )
+    assert result.status_code == 400
+    assert "needs the Inference-Header-Content-Length header" in result.json["error"]
+
+
+# --- the classification extension --------------------------------------------------------------
+
+
+def classify(client: testing.TestClient, count: object, model="sklearn", **parameters) -> object:
+    outputs = [{"name": "probabilities", "parameters": {"classification": count, **parameters}}]
+    return client.simulate_post(f"/v2/models/{model}/infer", json=request(ROWS, outputs=outputs))
+
+
+def test_classification_gives_the_top_classes_as_score_index_label(
+    client: testing.TestClient,
+) -> None:
+    (output,) = classify(client, 2).json["outputs"]
+    assert output == {
+        "name": "probabilities",
+        "datatype": "BYTES",
+        "shape": [2, 2],
+        "data": [
+            f"{SKLEARN_ROWS[0][0]!r}:0:blue",
+            f"{SKLEARN_ROWS[0][1]!r}:1:green",
+            "0.7:1:green",
+            "0.2:2:yellow",
+        ],
+    }
+
+
+def test_classification_scores_are_the_probabilities_to_the_last_bit(
+    client: testing.TestClient,
+) -> None:
+    """Every class, so every probability: each score parses back to the probability itself."""
+    (classes,) = classify(client, 3, model="pytorch").json["outputs"]
+    plain = client.simulate_post("/v2/models/pytorch/infer", json=request(ROWS)).json
+    probabilities = np.array(plain["outputs"][0]["data"]).reshape(2, 3)
+    for row, strings in zip(probabilities, np.array(classes["data"]).reshape(2, 3), strict=True):
+        for string in strings:
+            score, index, label = string.split(":")
+            assert float(score) == row[int(index)]
+            assert label == LABELS[int(index)]
+
+
+def test_classification_beyond_the_classes_gives_all_and_ties_go_by_index() -> None:
+    models = {"sklearn": FakeClassifier([[0.25, 0.5, 0.25]])}
+    app_client = testing.TestClient(create_app(models, LABELS))
+    (output,) = classify(app_client, 10).json["outputs"]
+    assert output["shape"] == [2, 3]
+    assert output["data"][:3] == ["0.5:1:green", "0.25:0:blue", "0.25:2:yellow"]
+
+
+def test_classification_in_binary_is_length_prefixed(client: testing.TestClient) -> None:
+    result = classify(client, 1, binary_data=True)
+    length = int(result.headers["Inference-Header-Content-Length"])
+    assert json.loads(result.content[:length])["outputs"][0]["parameters"] == {
+        "binary_data_size": 4 + len(f"{SKLEARN_ROWS[0][0]!r}:0:blue") + 4 + len("0.7:1:green")
+    }
+    assert result.content[length + 4 :].startswith(f"{SKLEARN_ROWS[0][0]!r}:0:blue".encode())
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        ([{"name": "probabilities", "parameters": {"classification": 0}}], "classification must"),
+        ([{"name": "probabilities", "parameters": {"classification": True}}], "classification"),
+        ([{"name": "probabilities", "parameters": {"classification": "2"}}], "classification"),
+        ([{"name": "label", "parameters": {"classification": 1}}], "probabilities output only"),
+    ],
+)
+def test_bad_classification_requests_are_refused(
+    client: testing.TestClient, outputs: list, message: str
+) -> None:
+    result = client.simulate_post("/v2/models/sklearn/infer", json=request(ROWS, outputs=outputs))
     assert result.status_code == 400
     assert message in result.json["error"]
