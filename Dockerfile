@@ -5,7 +5,7 @@
 # needs: requirements.txt, serve/, the ONNX files made by stage "build", and labels.txt.
 #
 #   docker build -t crystal-serving:1.0.0 .
-#   docker run --rm -p 3000:3000 crystal-serving:1.0.0
+#   docker run --rm -p 3000:3000 -p 8081:8081 crystal-serving:1.0.0
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
@@ -64,7 +64,7 @@ COPY labels.txt ./
 COPY --from=build /src/onnx_models/ onnx_models/
 
 USER 10001:10001
-EXPOSE 3000
+EXPOSE 3000 8081
 
 # Readiness: every model loaded, verified and warmed up. slim has no curl; python is enough.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serve.listeners import children
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVE = ("-m", "serve")
 # Readiness as the service's probes define it; servers without that route pass their own.
@@ -41,14 +43,6 @@ def request(
         return response.status, response.read()
     finally:
         connection.close()
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is pid (gunicorn's workers are the master's children)."""
-    try:
-        return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-    except FileNotFoundError:
-        return []
 
 
 def rss_mb(pid: int) -> float:
@@ -87,10 +81,20 @@ class ServerProcess:
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The service's gRPC port (GRPC_PORT): a free one, never the shared default.
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.command = [python, *command]
         self.cwd = cwd
         self.env = {k: v for k, v in os.environ.items() if k not in scrub}
-        self.env.update({"HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": "2"})
+        self.env.update(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "GRPC_PORT": str(self.grpc_port),
+                "WORKERS": "2",
+            }
+        )
         self.env.update(env or {})
         self.ready_probe = ready_probe
         self.keep_stdout = keep_stdout

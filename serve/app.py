@@ -160,7 +160,10 @@ def create_app(
     metrics: Metrics | None = None,
     access_log: AccessLog | None = None,
     settings: Settings | None = None,
+    serve_grpc: bool = False,
 ) -> falcon.asgi.App:
+    """The app; with `serve_grpc`, also this worker's gRPC server on settings.grpc_port
+    (serve/grpc_server.py), started and stopped with it through ASGI lifespan events."""
     settings = settings or Settings.from_env({})
     limits = limits or settings.limits
     metrics = metrics or Metrics()
@@ -168,21 +171,30 @@ def create_app(
     runner = BatchRunner(settings.offload_bytes, settings.max_in_flight, metrics)
     path = InferencePath(registry, limits, runner, metrics)
     routes = Routes([protocol(path) for protocol in PROTOCOLS])
+    access_log = access_log or AccessLog()
     telemetry = RequestTelemetry(
         metrics,
-        access_log or AccessLog(),
+        access_log,
         {name: model.version for name, model in models.items()},
         settings.log_probes,
         routes.label_of,
     )
     router = falcon.routing.DefaultRouter()
+    # process_response runs last to first: telemetry sees the compressed answer.
+    middleware: list[object] = [
+        telemetry,
+        ResponseCompression(settings.gzip_min_bytes, runner),
+        MetricsPublisher(metrics, settings.metrics_flush_seconds),
+    ]
+    if serve_grpc:
+        # Imported only here: grpc is loaded in the workers that serve it, never in the master.
+        from serve.grpc_server import GrpcServer
+        from serve.grpc_service import InferenceService
+
+        service = InferenceService(path, access_log, settings.log_probes)
+        middleware.append(GrpcServer(service, registry.all_ready, settings))
     app = falcon.asgi.App(
-        # process_response runs last to first: telemetry sees the compressed answer.
-        middleware=[
-            telemetry,
-            ResponseCompression(settings.gzip_min_bytes, runner),
-            MetricsPublisher(metrics, settings.metrics_flush_seconds),
-        ],
+        middleware=middleware,
         request_type=CrystalRequest,
         router=router,
     )
@@ -217,4 +229,10 @@ def get_app(settings: Settings | None = None) -> falcon.asgi.App:
         folder,
         [(m.name, classifiers[m.name].version, m.source_sha256) for m in models.models],
     )
-    return create_app(classifiers, models.labels, metrics=metrics, settings=settings)
+    return create_app(
+        classifiers,
+        models.labels,
+        metrics=metrics,
+        settings=settings,
+        serve_grpc=settings.grpc_port != 0,
+    )

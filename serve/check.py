@@ -1,9 +1,10 @@
 """`python -m serve.check`: everything that can stop the server, checked before gunicorn starts.
 
 Exit 0 means the deployment can serve: the installed gunicorn has every private name the worker
-relies on (serve/worker.py), the settings are valid, HOST resolves and PORT can be bound there,
-and the app builds exactly as a worker builds it (every model file exists, matches its checksum,
-loads in onnxruntime with the [batch, 4] input contract, and fits labels.txt).
+relies on (serve/worker.py), the settings are valid, HOST resolves and PORT (and GRPC_PORT) can
+be bound there, and the app builds exactly as a worker builds it (every model file exists,
+matches its checksum, loads in onnxruntime with the [batch, 4] input contract, and fits
+labels.txt).
 `python -m serve` runs it in a separate process before starting gunicorn, so a broken deployment
 stops within a second with one JSON line and exit code 2, and the gunicorn master never holds an
 onnxruntime session.
@@ -34,8 +35,9 @@ def check_gunicorn() -> None:
     worker.check_private_names()
 
 
-def check_listen(host: str, port: int) -> None:
-    """Binds and releases the address gunicorn will listen on (SO_REUSEADDR, as gunicorn)."""
+def check_listen(host: str, port: int, name: str = "PORT", reuse_port: bool = False) -> None:
+    """Binds and releases the address gunicorn will listen on (SO_REUSEADDR, as gunicorn), or
+    with `reuse_port` the one each worker's gRPC server listens on (SO_REUSEPORT, as grpc)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -44,11 +46,13 @@ def check_listen(host: str, port: int) -> None:
         raise StartupError(f"HOST {host!r} cannot be resolved: {exc.strerror}") from None
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind(address)
         except OSError as exc:
             raise StartupError(
-                f"PORT {port} on HOST {host} cannot be bound: {exc.strerror}"
+                f"{name} {port} on HOST {host} cannot be bound: {exc.strerror}"
             ) from None
 
 
@@ -73,6 +77,8 @@ def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         if "--models-only" not in argv:
             check_listen(settings.host, settings.port)
+            if settings.grpc_port:
+                check_listen(settings.host, settings.grpc_port, "GRPC_PORT", reuse_port=True)
             check_metrics_dir(settings.metrics_dir)
         get_app(settings)
     except StartupError as exc:

@@ -94,6 +94,7 @@ class AccessLine(msgspec.Struct, omit_defaults=True):
     client: str
     user_agent: str
     error: str = ""  # left out when empty
+    grpc_status: str = ""  # gRPC calls only: the status code's name
 
 
 _access_encoder = msgspec.json.Encoder()

@@ -88,6 +88,14 @@ SETTINGS = (
     Setting("PORT", "3000", "listening port (0 to 65535)", integer(0, MAX_PORT), 3000),
     Setting("HOST", "0.0.0.0", "listening address", text, "0.0.0.0"),
     Setting(
+        "GRPC_PORT",
+        "8081",
+        "the Open Inference Protocol's gRPC port (h2c) on HOST, served by every worker "
+        "(SO_REUSEPORT); 0 turns gRPC off",
+        integer(0, MAX_PORT),
+        8081,
+    ),
+    Setting(
         "MODELS_DIR",
         "onnx_models (beside serve/)",
         "folder with the ONNX files and manifest.json",
@@ -233,6 +241,7 @@ SETTINGS = (
 class Settings:
     host: str
     port: int
+    grpc_port: int
     models_dir: Path
     labels_file: Path
     workers: int
@@ -259,6 +268,7 @@ class Settings:
         return cls(
             host=value["HOST"],
             port=value["PORT"],
+            grpc_port=value["GRPC_PORT"],
             models_dir=value["MODELS_DIR"],
             labels_file=value["LABELS_FILE"],
             workers=workers,

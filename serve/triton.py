@@ -15,6 +15,7 @@ from serve import openapi
 from serve.body import DECODE_ERRORS, check_utf8, read_body
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData
+from serve.grpc_messages import INFER_ENDPOINT
 from serve.metrics import INFERENCE_SECONDS, LAST_PREDICTION, REQUEST_TIME, REQUESTS, ROWS, Totals
 from serve.protocol import AddRoute, Examples, InferencePath, send_json
 from serve.registry import ModelRegistry
@@ -30,6 +31,7 @@ from serve.v2 import (
     error_answer,
 )
 
+GRPC_PROTOCOL = "grpc"  # serve/grpc_service.py's `protocol` label
 TRITON_TYPES = {np.dtype(np.float64): "TYPE_FP64", np.dtype(np.float32): "TYPE_FP32"}
 # Durations Triton reports that this server has no part for (no queue, no response cache;
 # decoding and encoding are inside the request's time): reported as zero.
@@ -55,12 +57,14 @@ def _duration(count: float, seconds: float) -> dict[str, int]:
 
 def model_statistics(name: str, version: str, totals: Totals) -> dict:
     """One model's `$model_stat`, from the metrics' totals: its inference requests are the POSTs
-    that name it (both protocols' predictions), successful when answered 2xx."""
+    that name it (both REST protocols' predictions) and its gRPC ModelInfer calls, successful
+    when answered 2xx (gRPC's OK is counted as 200)."""
     outcomes = {"success": [0.0, 0.0], "fail": [0.0, 0.0]}
     seconds = totals.values(REQUEST_TIME)
     for labels, count in totals.values(REQUESTS).items():
-        _protocol, _endpoint, method, model, status = labels
-        if model == name and method == "POST":
+        protocol, endpoint, method, model, status = labels
+        inference = endpoint == INFER_ENDPOINT if protocol == GRPC_PROTOCOL else method == "POST"
+        if model == name and inference:
             outcome = outcomes["success" if status.startswith("2") else "fail"]
             outcome[0] += count
             outcome[1] += seconds.get(labels, 0.0)

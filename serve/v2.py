@@ -11,7 +11,7 @@ serve/triton.py. Every model route also answers under `/versions/{version}`, for
 the model lists.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -118,33 +118,17 @@ class InferDecoder:
             request = _request_decoder.decode(header)
         except DECODE_ERRORS as exc:
             raise BadRequest(f"invalid inference request: {exc}") from None
-        outputs = self._outputs(request.outputs, _flag(request.parameters, "binary_data_output"))
+        outputs = self._outputs(request.outputs, flag(request.parameters, "binary_data_output"))
         return request.id, self._batch(request.inputs, binary), outputs
 
     def _batch(self, inputs: list[_Tensor], binary: bytes) -> np.ndarray:
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise BadRequest(f"expected exactly one input tensor named {INPUT_NAME!r}")
+        dtype = input_dtype([(t.name, t.datatype, t.shape, t.parameters) for t in inputs])
         tensor = inputs[0]
-        if tensor.datatype not in INPUT_DATATYPES:
-            raise BadRequest(f"input datatype must be FP64 or FP32, got {tensor.datatype[:20]!r}")
-        shape = tensor.shape
-        if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 1:
-            raise BadRequest(f"input shape must be [n, {N_FEATURES}] with n >= 1, got {shape[:4]}")
-        if "shared_memory_region" in tensor.parameters:
-            raise BadRequest(SHARED_MEMORY)
-        dtype = INPUT_DATATYPES[tensor.datatype]
         if "binary_data_size" in tensor.parameters:
             batch = self._binary(tensor, binary, dtype)
         else:
             batch = self._json(tensor, dtype)
-        # The data must fit the shape first: only data that hold too many rows are too large.
-        if batch.size != shape[0] * N_FEATURES:
-            raise BadRequest(
-                f"input data has {batch.size} values, shape {shape} needs {shape[0] * N_FEATURES}"
-            )
-        if shape[0] > self._max_rows:
-            raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {self._max_rows}")
-        return batch.reshape(shape[0], N_FEATURES).astype(np.float64)
+        return shaped_batch(batch, tensor.shape, self._max_rows)
 
     def _json(self, tensor: _Tensor, dtype: np.dtype) -> np.ndarray:
         data = bytes(tensor.data)
@@ -163,52 +147,95 @@ class InferDecoder:
                 f"binary_data_size must equal the {len(binary)} bytes after the JSON header"
             )
         batch = np.frombuffer(binary, dtype=dtype)
-        outside = ~(np.abs(batch) <= self._bound)  # NaN compares False: it is outside too
-        if outside.any():
-            index = int(np.argmax(outside))
-            raise BadRequest(f"input value {index} is not a finite number within ±{self._bound:g}")
+        check_bounds(batch, self._bound)
         return batch
 
     @staticmethod
     def _outputs(
         requested: list[_RequestedOutput] | None, binary: bool
     ) -> tuple[OutputRequest, ...]:
-        """Each output in binary when it asks (`binary_data`), else as the request asks
-        (`binary_data_output`), else in JSON. No outputs named (or an empty list) means all."""
-        if not requested:
-            return tuple(OutputRequest(name, binary) for name in OUTPUT_NAMES)
-        names = [output.name for output in requested]
-        if any(name not in OUTPUT_NAMES for name in names) or len(set(names)) != len(names):
-            raise BadRequest(
-                f"outputs must be among {list(OUTPUT_NAMES)}, each once, "
-                f"got {[n[:20] for n in names[:5]]}"
-            )
-        return tuple(
-            OutputRequest(
-                output.name,
-                _flag(output.parameters, "binary_data", binary),
-                _class_count(output),
-            )
-            for output in requested
+        return requested_outputs(
+            [(output.name, output.parameters) for output in requested or []], binary
         )
 
 
-def _class_count(output: _RequestedOutput) -> int:
+# One input tensor's header as both transports carry it: name, datatype, shape, parameters.
+InputHeader = tuple[str, str, Sequence[int], Mapping[str, Any]]
+
+
+def input_dtype(inputs: Sequence[InputHeader]) -> np.dtype:
+    """The checks of the input tensors' headers, the same over JSON and gRPC: the dtype of the
+    one input's values."""
+    if len(inputs) != 1 or inputs[0][0] != INPUT_NAME:
+        raise BadRequest(f"expected exactly one input tensor named {INPUT_NAME!r}")
+    _name, datatype, shape, parameters = inputs[0]
+    if datatype not in INPUT_DATATYPES:
+        raise BadRequest(f"input datatype must be FP64 or FP32, got {datatype[:20]!r}")
+    shape = list(shape)
+    if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 1:
+        raise BadRequest(f"input shape must be [n, {N_FEATURES}] with n >= 1, got {shape[:4]}")
+    if "shared_memory_region" in parameters:
+        raise BadRequest(SHARED_MEMORY)
+    return INPUT_DATATYPES[datatype]
+
+
+def shaped_batch(values: np.ndarray, shape: Sequence[int], max_rows: int) -> np.ndarray:
+    """The values as the [rows, 4] float64 batch the models take, once they fit the shape and
+    the row limit."""
+    shape = list(shape)
+    # The data must fit the shape first: only data that hold too many rows are too large.
+    if values.size != shape[0] * N_FEATURES:
+        raise BadRequest(
+            f"input data has {values.size} values, shape {shape} needs {shape[0] * N_FEATURES}"
+        )
+    if shape[0] > max_rows:
+        raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {max_rows}")
+    return values.reshape(shape[0], N_FEATURES).astype(np.float64)
+
+
+def check_bounds(values: np.ndarray, bound: float) -> None:
+    """Raw values (binary tensors, gRPC contents) checked as msgspec checks JSON values."""
+    outside = ~(np.abs(values) <= bound)  # NaN compares False: it is outside too
+    if outside.any():
+        index = int(np.argmax(outside))
+        raise BadRequest(f"input value {index} is not a finite number within ±{bound:g}")
+
+
+def requested_outputs(
+    requested: Sequence[tuple[str, Mapping[str, Any]]], binary: bool
+) -> tuple[OutputRequest, ...]:
+    """Each output, by name and parameters, in binary when it asks (`binary_data`), else as the
+    request asks (`binary` from `binary_data_output`), else in JSON. No outputs named (or an
+    empty list) means all."""
+    if not requested:
+        return tuple(OutputRequest(name, binary) for name in OUTPUT_NAMES)
+    names = [name for name, _parameters in requested]
+    if any(name not in OUTPUT_NAMES for name in names) or len(set(names)) != len(names):
+        raise BadRequest(
+            f"outputs must be among {list(OUTPUT_NAMES)}, each once, "
+            f"got {[n[:20] for n in names[:5]]}"
+        )
+    return tuple(
+        OutputRequest(name, flag(parameters, "binary_data", binary), _class_count(name, parameters))
+        for name, parameters in requested
+    )
+
+
+def _class_count(name: str, parameters: Mapping[str, Any]) -> int:
     """The classification extension's `classification` parameter: 0 when absent."""
-    parameters = output.parameters
     if "shared_memory_region" in parameters:
         raise BadRequest(SHARED_MEMORY)
     if "classification" not in parameters:
         return 0
     count = parameters["classification"]
-    if output.name != OUTPUT_NAME:
+    if name != OUTPUT_NAME:
         raise BadRequest(f"classification applies to the {OUTPUT_NAME} output only")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise BadRequest("parameter classification must be a whole number of classes, >= 1")
     return count
 
 
-def _flag(parameters: dict[str, Any], name: str, default: bool = False) -> bool:
+def flag(parameters: Mapping[str, Any], name: str, default: bool = False) -> bool:
     value = parameters.get(name, default)
     if not isinstance(value, bool):
         raise BadRequest(f"parameter {name} must be true or false")
@@ -228,7 +255,7 @@ def top_classes(probabilities: np.ndarray, labels: Sequence[str], count: int) ->
     ]
 
 
-def _bytes_tensor(values: list[str]) -> bytes:
+def bytes_tensor(values: list[str]) -> bytes:
     """BYTES elements in the binary extension's form: a 4-byte little-endian length, then them."""
     encoded = [value.encode() for value in values]
     return b"".join(len(value).to_bytes(4, "little") + value for value in encoded)
@@ -335,7 +362,7 @@ def render_answer(
             strings = top_classes(probabilities, classes, output.class_count)
             count = len(strings) // len(probabilities)
             datatype, shape, data = "BYTES", [len(probabilities), count], strings
-            raw = _bytes_tensor(strings) if output.binary else None
+            raw = bytes_tensor(strings) if output.binary else None
         elif output.name == OUTPUT_NAME:
             datatype, shape = DATATYPES[model.output_dtype], list(probabilities.shape)
             data = probabilities.ravel().tolist()
@@ -343,7 +370,7 @@ def render_answer(
             raw = values.tobytes() if output.binary else None
         else:
             datatype, shape, data = "BYTES", [len(predicted)], predicted
-            raw = _bytes_tensor(predicted) if output.binary else None
+            raw = bytes_tensor(predicted) if output.binary else None
         tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": shape}
         if raw is None:
             tensor["data"] = data

@@ -72,13 +72,16 @@ def test_probe_and_metrics_paths_are_routes_of_the_service() -> None:
 
 def test_one_port_everywhere() -> None:
     check_port(pod_template())
-    port = Settings.from_env({}).port
-    (container_port,) = only_container(pod_template())["ports"]
-    (service_port,) = manifests()["Service"]["spec"]["ports"]
+    settings = Settings.from_env({})
+    container_port, container_grpc = only_container(pod_template())["ports"]
+    service_port, service_grpc = manifests()["Service"]["spec"]["ports"]
     stage = runtime_stage()
     assert service_port["targetPort"] == container_port["name"]
     assert service_port["port"] == 80
-    assert stage.args("EXPOSE") == [str(port)]
+    assert service_grpc["targetPort"] == container_grpc["name"]
+    assert service_grpc["port"] == settings.grpc_port
+    assert service_grpc["appProtocol"] == "kubernetes.io/h2c"
+    assert stage.args("EXPOSE") == [f"{settings.port} {settings.grpc_port}"]
     assert "/v2/health/ready" in stage.args("HEALTHCHECK")[0]
 
 

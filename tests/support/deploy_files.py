@@ -124,9 +124,12 @@ def check_probe_and_metrics_paths(template: dict[str, Any]) -> None:
 
 
 def check_port(template: dict[str, Any]) -> None:
-    port = Settings.from_env({}).port
-    (container_port,) = only_container(template)["ports"]
+    settings = Settings.from_env({})
+    port = settings.port
+    container_port, grpc_port = only_container(template)["ports"]
     assert container_port["containerPort"] == port == 3000
+    # gRPC's port, by the name KServe gives cleartext HTTP/2.
+    assert grpc_port == {"name": "h2c", "containerPort": settings.grpc_port, "protocol": "TCP"}
     assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == port
 
 
