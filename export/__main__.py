@@ -1,9 +1,10 @@
 """`python -m export`: convert source models to ONNX files the service can load.
 
-    python -m export --model NAME=[FRAMEWORK:]PATH [--model ...] --out DIR
+    python -m export --model NAME=[FRAMEWORK:]PATH [--model ...] --out DIR [--add]
 
 Exit codes: 0 exported, 2 bad command line, source model or output folder, 3 parity failure.
-Expected failures print one line on stderr, never a traceback.
+Expected failures print one line on stderr, never a traceback; what the libraries warn on the way
+is summarised on that line (or on one line of its own after a success), not printed as it comes.
 """
 
 import argparse
@@ -15,7 +16,9 @@ from export.errors import ExportError, ParityError
 from export.frameworks import FRAMEWORKS
 from export.manifest import MANIFEST_NAME
 from export.pipeline import ExportedModel, export_models
+from export.reference import parse_references
 from export.sources import parse_model_specs
+from export.warned import captured, summary, with_summary
 
 EXIT_BAD_INPUT = 2  # argparse uses 2 for usage errors too
 EXIT_PARITY = 3
@@ -57,8 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("onnx_models"),
-        help="folder to write, replaced as a whole on success (default: %(default)s)",
+        required=True,
+        metavar="DIR",
+        help="folder to write, replaced as a whole on success (`make export` passes "
+        "onnx_models, the committed models)",
+    )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the models of the previous export in --out (a model of the same name is "
+        "replaced) instead of replacing the folder",
+    )
+    parser.add_argument(
+        "--softmax",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="model NAME's outputs are logits: append a softmax (its outputs are refused "
+        "otherwise, as they are not probabilities)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=ROWS.npy,PROBABILITIES.npy",
+        help="for a ready-made ONNX model NAME: rows [n, 4] and the probabilities [n, 3] its "
+        "original model gives on them, to prove parity against (default: the graph itself)",
     )
     return parser
 
@@ -86,24 +113,47 @@ def _summary(model: ExportedModel, out: Path) -> str:
     return (
         f"{model.name}: {model.source} ({entry['framework']} {entry['family']}) -> "
         f"{out / entry['file']} sha256 {entry['sha256']}, opsets {opsets}; "
-        f"parity on {parity['rows']} rows: max |diff| {diffs}, "
+        f"parity on {parity['rows']} rows{_against(entry)}: max |diff| {diffs}, "
         f"{parity['class_mismatches']} class mismatches{flips}"
     )
 
 
+def _against(entry: dict) -> str:
+    against = entry.get("parity_against")
+    if against is None:
+        return ""
+    if isinstance(against, dict):
+        reference = against["reference"]
+        return f" against {reference['rows_file']}, {reference['probabilities_file']}"
+    return f" against {against}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        exported = export_models(parse_model_specs(_model_texts(args)), args.out)
-    except ParityError as exc:
-        print(f"export: parity failure: {exc}", file=sys.stderr)
-        return EXIT_PARITY
-    except ExportError as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for model in exported:
+    if args.add and not (args.model or args.sklearn_model or args.pytorch_model):
+        _parser().error("--add needs the models to add (--model NAME=[FRAMEWORK:]PATH)")
+    failure: tuple[int, str] | None = None
+    with captured() as notes:
+        try:
+            specs = parse_model_specs(
+                _model_texts(args), args.softmax, parse_references(args.reference)
+            )
+            done = export_models(specs, args.out, add=args.add)
+        except ParityError as exc:
+            failure = EXIT_PARITY, f"export: parity failure: {exc}"
+        except ExportError as exc:
+            failure = EXIT_BAD_INPUT, f"export: error: {exc}"
+    if failure is not None:
+        code, message = failure
+        print(with_summary(message, notes), file=sys.stderr)
+        return code
+    for model in done.exported:
         print(_summary(model, args.out))
+    if done.kept:
+        print(f"kept {', '.join(done.kept)} from the previous export in {args.out}")
     print(f"wrote {args.out / MANIFEST_NAME}")
+    if notes:
+        print(f"export: note: {summary(notes)}", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,11 @@ class SourceModelError(ExportError):
     """A source model file is missing, unreadable, or not a model the service can use."""
 
 
+class NotProbabilities(SourceModelError):
+    """A model's outputs are not class probabilities: negative, above 1, or rows not summing to 1
+    (a network that ends in logits, for instance)."""
+
+
 class ParityError(ExportError):
     """An ONNX file does not reproduce its source model within tolerance."""
 
@@ -26,7 +31,11 @@ def first_line(exc: BaseException) -> str:
     while (inner := _inner(exc)) is not None:
         exc = inner
     lines = str(exc).strip().splitlines()
-    reason = lines[0] if lines else type(exc).__name__
+    return shortened(lines[0] if lines else type(exc).__name__)
+
+
+def shortened(reason: str) -> str:
+    """At most MAX_REASON_CHARS of a library's reason."""
     if len(reason) > MAX_REASON_CHARS:
         return reason[: MAX_REASON_CHARS - 3] + "..."
     return reason

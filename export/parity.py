@@ -4,6 +4,7 @@ Both run on the same probe rows: the published example, seeded random rows from 
 (where real measurements lie) out to the thousands, and hand-picked edge rows.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -11,12 +12,15 @@ from functools import partial
 import numpy as np
 import onnxruntime as ort
 
-from export.errors import ParityError, first_line
+from export.errors import NotProbabilities, ParityError, SourceModelError, first_line
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 
 # The batch of the data team's published /sklearn example.
 PUBLISHED_EXAMPLE = ((0.92, 0.12, 0.31, 0.09), (0.31, 0.54, 0.78, 0.17), (0.38, 0.04, 0.21, 0.98))
 PROBE_SEED = 20240917
+# How far from 1 a row of probabilities may sum, and from [0, 1] a value may lie: float32 rounding
+# of a softmax is a few 1e-8; logits are off by far more.
+PROBABILITY_SLACK = 1e-5
 
 
 def probe_rows() -> np.ndarray:
@@ -82,15 +86,67 @@ class Tolerance:
     threshold_flips: bool = False
 
 
+# float64 end to end: only the order of operations may differ, so the error is a few units in
+# the last place of the largest intermediate value, which grows with the inputs (see
+# export/frameworks/sklearn.py for what was measured).
+FLOAT64 = Tolerance((Band("_within_10", 10.0, 1e-12), Band("_beyond_10", math.inf, 1e-10)))
+# float32: rounding error grows with the size of the inputs, hence a looser band beyond ±10.
+FLOAT32 = Tolerance((Band("_within_10", 10.0, 1e-6), Band("_beyond_10", math.inf, 1e-4)))
+
+
 def onnx_probabilities(model: bytes, rows: np.ndarray) -> np.ndarray:
     """What the service computes: one onnxruntime session on one thread, as it runs by default."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # failures raise; warnings would only clutter stderr
+    options.log_severity_level = 4  # failures raise, with their message; nothing to print
     session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: rows})
     return probabilities
+
+
+def probe(model: bytes, dtype: type[np.floating], tolerance: Tolerance) -> None:
+    """What the service will get from the file: finite probabilities on every probe row, and the
+    same answer for a row alone as in a batch (the batch dimension is dynamic: a request may be
+    one row). Raises SourceModelError."""
+    rows = probe_rows().astype(dtype)
+    try:
+        alone = onnx_probabilities(model, rows[:1])
+        probabilities = onnx_probabilities(model, rows)
+    except Exception as exc:
+        raise SourceModelError(f"onnxruntime fails on the probe rows: {first_line(exc)}") from None
+    if not np.isfinite(probabilities).all():
+        row = int(np.argwhere(~np.isfinite(probabilities))[0][0])
+        raise SourceModelError(f"onnxruntime gives a non-finite probability on probe row {row}")
+    problem = not_probabilities(probabilities.astype(np.float64), rows)
+    if problem:
+        raise NotProbabilities(f"the served file's outputs are not probabilities: {problem}")
+    # The first probe row is the published example, within the first band.
+    if alone.shape != probabilities[:1].shape or not np.allclose(
+        alone, probabilities[:1], rtol=0.0, atol=tolerance.bands[0].tolerance
+    ):
+        raise SourceModelError(
+            f"onnxruntime answers {alone.tolist()} for one row alone and "
+            f"{probabilities[:1].tolist()} for it in a batch: the graph's batch dimension is "
+            "not dynamic"
+        )
+
+
+def not_probabilities(values: np.ndarray, rows: np.ndarray) -> str | None:
+    """Why `values` are not class probabilities, row by row: a value outside [0, 1] or a row
+    that does not sum to 1 (a non-finite row does not). None when they are."""
+    sums = values.sum(axis=1)
+    outside = (values < -PROBABILITY_SLACK) | (values > 1.0 + PROBABILITY_SLACK)
+    bad = ~(np.abs(sums - 1.0) <= PROBABILITY_SLACK) | outside.any(axis=1)
+    if not bad.any():
+        return None
+    row = int(np.flatnonzero(bad)[0])
+    given = [float(f"{value:.6g}") for value in rows[row]]
+    shown = [float(f"{value:.4g}") for value in values[row]]
+    return (
+        f"on {int(bad.sum())} of {len(values)} rows, e.g. {given} gives {shown}, "
+        f"which sums to {sums[row]:.4g}"
+    )
 
 
 def check_parity(
@@ -99,15 +155,19 @@ def check_parity(
     native: Callable[[np.ndarray], np.ndarray],
     dtype: type[np.floating],
     tolerance: Tolerance,
+    rows: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """The manifest's parity figures, or ParityError if the ONNX model strays from `native`.
+
+    On the probe rows unless `rows` are given (a reference's). What `native` gives must be class
+    probabilities, or NotProbabilities says why not.
 
     A row's predicted class (argmax) must also agree, except on ties: rows where the native
     model's top two probabilities are within the row's tolerance, so either answer is right.
     Where `tolerance` allows threshold flips, rows explained by one (see `_threshold_flips`) are
     counted apart and left out of the other figures.
     """
-    rows = probe_rows().astype(dtype)
+    rows = (probe_rows() if rows is None else rows).astype(dtype)
     expected = _probabilities(f"{name}: the native model", native, rows)
     actual = _probabilities(f"{name}: onnxruntime", partial(onnx_probabilities, model), rows)
     if actual.shape != expected.shape:
@@ -118,6 +178,9 @@ def check_parity(
         if not np.isfinite(values).all():
             row = int(np.argwhere(~np.isfinite(values))[0][0])
             raise ParityError(f"{name}: {label} gives a non-finite probability on probe row {row}")
+    problem = not_probabilities(expected, rows)
+    if problem:
+        raise NotProbabilities(f"its outputs are not probabilities: {problem}")
 
     bands = tolerance.bands
     largest = np.abs(rows).max(axis=1)

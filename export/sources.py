@@ -6,14 +6,15 @@ A model that the service cannot use is refused with one line naming the model an
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from export.errors import ExportError, SourceModelError
 from export.frameworks import FRAMEWORKS
 from export.frameworks.base import Framework, Source
+from export.reference import Reference
 from serve.manifest import MODEL_NAME, RESERVED_NAMES
 
 # What could be meant as a framework in NAME=FRAMEWORK:PATH, to tell a typo from a path.
@@ -22,21 +23,37 @@ _FRAMEWORK_WORD = re.compile(r"[a-z][a-z0-9_]*")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One --model: the name to serve it under, the file, and its framework if named."""
+    """One --model: the name to serve it under, the file, and its framework if named; whether its
+    outputs are logits to append a softmax to (--softmax), and its --reference if any."""
 
     name: str
     path: Path
     framework: Framework | None = None
+    softmax: bool = False
+    reference: Reference | None = None
 
 
-def parse_model_specs(texts: Iterable[str]) -> list[ModelSpec]:
-    """NAME=PATH or NAME=FRAMEWORK:PATH, each; names must be valid and distinct."""
+def parse_model_specs(
+    texts: Iterable[str],
+    softmax: Collection[str] = (),
+    references: Mapping[str, Reference] | None = None,
+) -> list[ModelSpec]:
+    """NAME=PATH or NAME=FRAMEWORK:PATH, each; names must be valid and distinct. `softmax` and
+    `references` name models among them."""
     specs = [_parse(text) for text in texts]
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ExportError(f"--model: each model needs its own name; given twice: {duplicates[0]}")
-    return specs
+    references = references or {}
+    for option, named in (("--softmax", softmax), ("--reference", references)):
+        unknown = sorted(set(named) - set(names))
+        if unknown:
+            raise ExportError(f"{option} {unknown[0]}: no --model of that name")
+    return [
+        replace(spec, softmax=spec.name in softmax, reference=references.get(spec.name))
+        for spec in specs
+    ]
 
 
 def _parse(text: str) -> ModelSpec:
@@ -64,8 +81,36 @@ def load_source(spec: ModelSpec) -> Source:
     with naming(spec.name, spec.path):
         data = _read(spec.path)
         framework = spec.framework or _recognise(data)
+        if spec.framework is not None:
+            _check_named_framework(spec.framework, spec, data)
+        if spec.reference is not None and framework.runs_original:
+            raise SourceModelError(
+                "--reference is for ready-made ONNX graphs, whose original model is not here to "
+                f"run; a {framework.name} model is compared with {framework.name} itself"
+            )
         model = framework.load(data)
-    return Source(spec.name, framework, spec.path, hashlib.sha256(data).hexdigest(), model)
+    return Source(
+        spec.name,
+        framework,
+        spec.path,
+        hashlib.sha256(data).hexdigest(),
+        model,
+        softmax=spec.softmax,
+        reference=spec.reference,
+    )
+
+
+def _check_named_framework(named: Framework, spec: ModelSpec, data: bytes) -> None:
+    """A file that the named framework does not recognise, but another does, is that other's."""
+    if named.recognises(data):
+        return
+    others = [framework for framework in FRAMEWORKS.values() if framework.recognises(data)]
+    if len(others) == 1:
+        (other,) = others
+        raise SourceModelError(
+            f"is {other.files}, not {named.files}: name its framework {other.name} "
+            f"({spec.name}={other.name}:{spec.path}) or leave it out"
+        )
 
 
 @contextmanager

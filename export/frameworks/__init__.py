@@ -5,9 +5,10 @@ A model of a known framework needs no code, only --model NAME=PATH; a new framew
 module and one entry in FRAMEWORKS.
 """
 
-from export.frameworks import pytorch, sklearn
+from export.frameworks import onnx_file, pytorch, sklearn
 from export.frameworks.base import Framework
 
 FRAMEWORKS: dict[str, Framework] = {
-    framework.name: framework for framework in (sklearn.FRAMEWORK, pytorch.FRAMEWORK)
+    framework.name: framework
+    for framework in (sklearn.FRAMEWORK, pytorch.FRAMEWORK, onnx_file.FRAMEWORK)
 }

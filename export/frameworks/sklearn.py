@@ -1,4 +1,5 @@
-"""scikit-learn: any fitted classifier saved with joblib.dump that skl2onnx can convert.
+"""scikit-learn: any fitted classifier saved with joblib.dump that skl2onnx can convert, with
+classes numbered 0, 1, 2 or named as in labels.txt.
 
 Unpickling runs code from the file: export only models from people you trust.
 """
@@ -20,10 +21,11 @@ from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from export.classes import CLASSES
+from export.classes import class_problem
 from export.errors import SourceModelError, first_line
 from export.frameworks.base import Framework
-from export.parity import Band, Tolerance
+from export.frameworks.pytorch import LEGACY_TORCH_SAVE
+from export.parity import FLOAT64, Band, Tolerance
 from serve.contract import INPUT_NAME, N_FEATURES
 
 NAME = "sklearn"
@@ -37,12 +39,11 @@ PICKLE_PROTO = b"\x80"
 # a voting ensemble gets the tolerance of what it contains. Measured on the 10,043 probe rows.
 #
 # float64 end to end (linear models, MLP, naive Bayes, neighbours, discriminant analysis and
-# pipelines of scalers and these): only the order of operations may differ, so the error is a few
-# units in the last place of the largest intermediate value, which grows with the inputs (naive
-# Bayes squares them, a network multiplies them through its layers). Measured within ±10: at most
-# 4.4e-16 for linear models, 1.8e-15 for a network, 9.7e-14 for naive Bayes; beyond ±10: 2.2e-13
-# for a network.
-FLOAT64 = Tolerance((Band("_within_10", 10.0, 1e-12), Band("_beyond_10", math.inf, 1e-10)))
+# pipelines of scalers and these), FLOAT64: only the order of operations may differ, so the error
+# is a few units in the last place of the largest intermediate value, which grows with the inputs
+# (naive Bayes squares them, a network multiplies them through its layers). Measured within ±10:
+# at most 4.4e-16 for linear models, 1.8e-15 for a network, 9.7e-14 for naive Bayes; beyond ±10:
+# 2.2e-13 for a network.
 # Tree ensembles (decision trees, random forests, extra trees, gradient boosting): skl2onnx
 # writes ai.onnx.ml TreeEnsembleClassifier, whose thresholds and leaf values are float32 and whose
 # sums and softmax run in float32. Measured at most 2.1e-7 (gradient boosting, 300 trees of depth
@@ -63,7 +64,8 @@ SVM_OPS = frozenset({"SVMClassifier", "SVMRegressor"})
 
 
 def recognises(data: bytes) -> bool:
-    return data.startswith(PICKLE_PROTO)
+    """A pickle, but not one of torch.save before version 1.6 (a pickle too)."""
+    return data.startswith(PICKLE_PROTO) and not data.startswith(LEGACY_TORCH_SAVE)
 
 
 def load(data: bytes) -> Any:
@@ -99,10 +101,10 @@ def _check_classifier(model: Any) -> None:
     n_features = getattr(model, "n_features_in_", None)
     if n_features != N_FEATURES:
         raise SourceModelError(f"the {kind} takes {n_features} features, expected {N_FEATURES}")
-    classes = getattr(model, "classes_", None)
-    if classes is None or not np.array_equal(classes, CLASSES):
-        found = None if classes is None else np.asarray(classes).tolist()
-        raise SourceModelError(f"the {kind} has classes {found}, expected {list(CLASSES)}")
+    found = np.asarray(getattr(model, "classes_", [])).tolist()
+    problem = class_problem(found if isinstance(found, list) else [found])
+    if problem:
+        raise SourceModelError(f"the {kind} has {problem}")
 
 
 def family(model: Any) -> str:
@@ -150,11 +152,12 @@ def tolerance(graph: onnx.ModelProto) -> Tolerance:
 
 FRAMEWORK = Framework(
     name=NAME,
-    dtype=np.float64,
-    versions={"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__},
+    files="a pickle (joblib.dump)",
     recognises=recognises,
     load=load,
     family=family,
+    dtype=lambda model: np.float64,
+    versions=lambda model: {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__},
     to_onnx=to_onnx,
     predict=predict,
     tolerance=tolerance,

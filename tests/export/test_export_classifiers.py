@@ -72,6 +72,11 @@ EXPORTED = {
         "Pipeline(StandardScaler, LogisticRegression)",
         FLOAT64,
     ),
+    # skl2onnx mixes float32 tree outputs and float64 weights in one Where node: the export
+    # widens the float32 side (export/convert.py).
+    "adaboost": Kind(
+        AdaBoostClassifier(n_estimators=5, random_state=SEED), "AdaBoostClassifier", TREES
+    ),
 }
 # Refused with exit code 2 and the start of their one line, after "model NAME: PATH: ".
 REFUSED = {
@@ -86,11 +91,6 @@ REFUSED = {
         LabelSpreading(),
         f"skl2onnx {skl2onnx.__version__} cannot convert the LabelSpreading: "
         "Unable to find a shape calculator",
-    ),
-    # skl2onnx writes a graph that mixes float32 and float64 inputs of one Where node.
-    "adaboost": (
-        AdaBoostClassifier(n_estimators=5, random_state=SEED),
-        f"onnxruntime {ort.__version__} cannot load the converted graph: ",
     ),
 }
 

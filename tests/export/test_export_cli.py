@@ -95,6 +95,10 @@ def _pytorch(path: str) -> tuple[str, ...]:
 
 NOT_A_CLASSIFIER = "not a scikit-learn classifier with predict_proba"
 DOES_NOT_FIT = "the state_dict does not fit the crystal network"
+OTHER_ARCHITECTURES = (
+    " (a network of another architecture is saved with torch.export.save or torch.jit.save)"
+)
+TORCH_FILE = "a PyTorch file (torch.save, torch.jit.save or torch.export.save)"
 
 # {bad} is the folder of broken sources, {case} the case's own folder.
 CASES = {
@@ -110,7 +114,8 @@ CASES = {
     "sklearn-given-torch-file": Case(
         _sklearn(str(STAND_IN_PYTORCH)),
         2,
-        f"model sklearn: {STAND_IN_PYTORCH}: not a joblib pickle",
+        f"model sklearn: {STAND_IN_PYTORCH}: is {TORCH_FILE}, not a pickle (joblib.dump): name "
+        f"its framework pytorch (sklearn=pytorch:{STAND_IN_PYTORCH}) or leave it out",
     ),
     "sklearn-truncated": Case(
         _sklearn("{bad}/truncated.joblib"),
@@ -139,7 +144,8 @@ CASES = {
         _sklearn("{bad}/two_classes.joblib"),
         2,
         "model sklearn: {bad}/two_classes.joblib: "
-        "the LogisticRegression has classes [0, 1], expected [0, 1, 2]",
+        "the LogisticRegression has classes [0, 1], expected [0, 1, 2] or "
+        "['blue', 'green', 'yellow'] (labels.txt)",
     ),
     "pytorch-missing": Case(
         _pytorch("{bad}/absent.pt"),
@@ -155,24 +161,27 @@ CASES = {
     "pytorch-not-torch-file": Case(
         _pytorch("{bad}/text.txt"),
         2,
-        "model pytorch: {bad}/text.txt: not a file saved with torch.save",
+        "model pytorch: {bad}/text.txt: "
+        "not a file saved with torch.save, torch.jit.save or torch.export.save",
     ),
     "pytorch-missing-parameter": Case(
         _pytorch("{bad}/missing.pt"),
         2,
-        f"model pytorch: {{bad}}/missing.pt: {DOES_NOT_FIT}: missing layer3.bias",
+        f"model pytorch: {{bad}}/missing.pt: {DOES_NOT_FIT}: missing layer3.bias"
+        + OTHER_ARCHITECTURES,
     ),
     "pytorch-extra-parameter": Case(
         _pytorch("{bad}/extra.pt"),
         2,
-        f"model pytorch: {{bad}}/extra.pt: {DOES_NOT_FIT}: unexpected layer4.weight",
+        f"model pytorch: {{bad}}/extra.pt: {DOES_NOT_FIT}: unexpected layer4.weight"
+        + OTHER_ARCHITECTURES,
         out_exists=False,
     ),
     "pytorch-misshaped-parameter": Case(
         _pytorch("{bad}/misshaped.pt"),
         2,
         f"model pytorch: {{bad}}/misshaped.pt: {DOES_NOT_FIT}: "
-        "layer1.weight has shape [50, 5], expected [50, 4]",
+        "layer1.weight has shape [50, 5], expected [50, 4]" + OTHER_ARCHITECTURES,
     ),
     "pytorch-not-state-dict": Case(
         _pytorch("{bad}/list.pt"),
@@ -183,8 +192,10 @@ CASES = {
     "pytorch-whole-module": Case(
         _pytorch("{bad}/module.pt"),
         2,
-        "model pytorch: {bad}/module.pt: holds Python objects, not only tensors (torch.load with "
-        "weights_only=True refuses them); save the network's state_dict() instead",
+        "model pytorch: {bad}/module.pt: holds Python objects, not only tensors (a whole module "
+        "saved with torch.save needs its class to load, and torch.load with weights_only=True "
+        "refuses it); save the network with torch.export.save or torch.jit.save, or save the "
+        "crystal network's state_dict()",
     ),
     "pytorch-nan-weights": Case(
         _pytorch("{bad}/nan.pt"),
@@ -312,7 +323,7 @@ BAD_COMMAND_LINES = {
     "no-path": (["--model", "blue"], "--model blue: expected NAME=PATH or NAME=FRAMEWORK:PATH"),
     "unknown-framework": (
         ["--model", "blue=keras:blue.h5"],
-        "--model blue=keras:blue.h5: unknown framework 'keras' (known: pytorch, sklearn)",
+        "--model blue=keras:blue.h5: unknown framework 'keras' (known: onnx, pytorch, sklearn)",
     ),
     "name-twice": (
         ["--model", "blue=a.joblib", "--sklearn-model", "b.joblib", "--model", "blue=c.pt"],
@@ -353,7 +364,7 @@ def test_a_file_no_framework_recognises_must_be_named(
     assert exit_code == 2
     assert captured.err.splitlines() == [
         f"export: error: model blue: {tmp_path / 'model.bin'}: cannot tell which framework saved "
-        "it; name it as NAME=FRAMEWORK:PATH (frameworks: pytorch, sklearn)"
+        "it; name it as NAME=FRAMEWORK:PATH (frameworks: onnx, pytorch, sklearn)"
     ]
     assert not (tmp_path / "out").exists()
 

@@ -10,6 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from falcon import testing
+
+from serve.app import create_app
+from serve.classifier import OnnxClassifier
+from serve.release import read
+from serve.settings import Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAND_IN_SKLEARN = REPO_ROOT / "export" / "sources" / "sklearn.joblib"
 STAND_IN_PYTORCH = REPO_ROOT / "export" / "sources" / "pytorch.pt"
@@ -116,3 +123,14 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
         str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
         for path in sorted(folder.rglob("*"))
     }
+
+
+def served(folder: Path) -> testing.TestClient:
+    """An exported folder as the service serves it: manifest, checksums and labels read as a
+    release (serve.release.read), one OnnxClassifier per model, the app through falcon's
+    TestClient."""
+    release = read(Settings.from_env({"MODELS_DIR": str(folder)}))
+    models = {
+        model.name: OnnxClassifier(model.name, release.data[model.name]) for model in release.models
+    }
+    return testing.TestClient(create_app(models, release.labels))
