@@ -160,9 +160,10 @@ def create_app(
     metrics: Metrics | None = None,
     access_log: AccessLog | None = None,
     settings: Settings | None = None,
-    serve_grpc: bool = False,
+    grpc_master: int | None = None,
 ) -> falcon.asgi.App:
-    """The app; with `serve_grpc`, also this worker's gRPC server on settings.grpc_port
+    """The app; with `grpc_master`, the pid of the process whose workers serve gRPC together
+    (the gunicorn master), also this worker's gRPC server on settings.grpc_port
     (serve/grpc_server.py), started and stopped with it through ASGI lifespan events."""
     settings = settings or Settings.from_env({})
     limits = limits or settings.limits
@@ -186,13 +187,13 @@ def create_app(
         ResponseCompression(settings.gzip_min_bytes, runner),
         MetricsPublisher(metrics, settings.metrics_flush_seconds),
     ]
-    if serve_grpc:
+    if grpc_master is not None:
         # Imported only here: grpc is loaded in the workers that serve it, never in the master.
         from serve.grpc_server import GrpcServer
         from serve.grpc_service import InferenceService
 
         service = InferenceService(path, access_log, settings.log_probes)
-        middleware.append(GrpcServer(service, registry.all_ready, settings))
+        middleware.append(GrpcServer(service, registry.all_ready, settings, grpc_master))
     app = falcon.asgi.App(
         middleware=middleware,
         request_type=CrystalRequest,
@@ -234,5 +235,5 @@ def get_app(settings: Settings | None = None) -> falcon.asgi.App:
         models.labels,
         metrics=metrics,
         settings=settings,
-        serve_grpc=settings.grpc_port != 0,
+        grpc_master=os.getppid() if settings.grpc_port else None,
     )

@@ -32,6 +32,8 @@ KEEPALIVE_PING_S = 60
 # Client pings closer together than this on a connection with no calls are strikes; the second
 # strike closes the connection (grpc's ENHANCE_YOUR_CALM).
 MIN_CLIENT_PING_S = 10
+# A hard cap: grpc's max_metadata_size alone refuses metadata between it and 1.25 times it only
+# at random, so the absolute limit is set to the same value.
 MAX_METADATA_BYTES = 16 * 1024
 SIBLING_POLL_S = 0.05
 
@@ -41,6 +43,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.max_concurrent_streams", settings.max_in_flight),
         ("grpc.server_handshake_timeout_ms", settings.header_timeout * 1000),
         ("grpc.max_connection_idle_ms", settings.keepalive * 1000),
@@ -62,8 +65,9 @@ class GrpcServer:
     worker's gRPC server, serving while the app does. Health answers SERVING only when every
     model is ready in this worker, NOT_SERVING from the moment it stops."""
 
-    def __init__(self, service: InferenceService, ready: bool, settings: Settings):
+    def __init__(self, service: InferenceService, ready: bool, settings: Settings, master: int):
         self._service = service
+        self._master = master  # whose other children are the workers serving gRPC beside this
         self._ready = ready
         self._settings = settings
         self._address = address(settings.host, settings.grpc_port)
@@ -103,7 +107,7 @@ class GrpcServer:
         would listen on GRPC_PORT for that while. So this worker stops listening only once every
         other worker of its master listens (at a stop or a scale-down they all do already).
         """
-        port, me, master = self._settings.grpc_port, os.getpid(), os.getppid()
+        port, me, master = self._settings.grpc_port, os.getpid(), self._master
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             siblings = [pid for pid in children(master) if pid != me]

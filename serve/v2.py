@@ -27,6 +27,7 @@ from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
 from serve.protocol import AddRoute, Examples, InferencePath, send_json
 from serve.registry import WARM_UP_ROW, ModelRegistry
+from serve.render import json_floats
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
@@ -365,9 +366,9 @@ def render_answer(
             raw = bytes_tensor(strings) if output.binary else None
         elif output.name == OUTPUT_NAME:
             datatype, shape = DATATYPES[model.output_dtype], list(probabilities.shape)
-            data = probabilities.ravel().tolist()
             values = probabilities.astype(model.output_dtype, copy=False)
             raw = values.tobytes() if output.binary else None
+            data = None if output.binary else json_floats(probabilities)
         else:
             datatype, shape, data = "BYTES", [len(predicted)], predicted
             raw = bytes_tensor(predicted) if output.binary else None

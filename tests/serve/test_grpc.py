@@ -3,6 +3,7 @@ real grpc.aio server started through the app's lifespan."""
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -253,7 +254,7 @@ def serve_in_process(models: dict, runner_cap: int, scenario) -> list[bytes]:
     registry = ModelRegistry(models, LABELS, metrics)
     path = InferencePath(registry, settings.limits, BatchRunner(0, runner_cap, metrics), metrics)
     service = InferenceService(path, AccessLog(lines.append), log_probes=False)
-    server = GrpcServer(service, registry.all_ready, settings)
+    server = GrpcServer(service, registry.all_ready, settings, os.getpid())
 
     async def run() -> None:
         await server.process_startup({}, {})
@@ -296,7 +297,7 @@ def test_the_app_serves_grpc_and_health_through_its_lifespan() -> None:
         metrics=metrics,
         access_log=AccessLog(lines.append),
         settings=Settings.from_env({"HOST": "127.0.0.1", "GRPC_PORT": str(port)}),
-        serve_grpc=True,
+        grpc_master=os.getpid(),  # no other children: nobody to hand over to
     )
 
     async def scenario() -> None:

@@ -1,0 +1,63 @@
+"""JSON text of float arrays without a Python float per value.
+
+orjson writes a float64 array's values natively with the same shortest round-trip digits as
+msgspec writes a Python float; the one difference is the exponent's sign, `1e+16` where msgspec
+writes `1e16`, so `e+` becomes `e` (no other text in a number array holds it). NaN and infinities
+are `null` in both. tests/serve/test_render.py holds the two to the same bytes.
+"""
+
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+import orjson
+
+# Below this magnitude both write a double without an exponent's sign, so the replace, as slow as
+# the encoding itself, is skipped (orjson and msgspec switch to `1e16` form at 1e16).
+POSITIONAL = 1e15
+# Sizes (values) from which writing from the array beats Python floats, measured in one run.
+FLOAT_ARRAY_MIN = 256
+SCORE_ROWS_MIN = 512
+
+
+def json_floats(values: np.ndarray) -> list[float] | msgspec.Raw:
+    """What msgspec is handed for `values` in C order: their text from the array, or Python floats
+    below FLOAT_ARRAY_MIN values, where numpy's fixed cost is more than the floats'."""
+    if values.size < FLOAT_ARRAY_MIN:
+        return values.ravel().tolist()
+    return msgspec.Raw(float_array(values))
+
+
+def float_array(values: np.ndarray) -> bytes:
+    """`[v, ...]` for every value in C order, widened to float64 exactly as `tolist()` widens."""
+    flat = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+    if flat.size and not (flat.min() > -POSITIONAL and flat.max() < POSITIONAL):
+        return text.replace(b"e+", b"e")  # NaN fails both tests: replaced too, to be safe
+    return text
+
+
+class ScoreRows:
+    """`[{label: p, ...}, ...]` for a 2-D array, one object per row, keys in the labels' order."""
+
+    def __init__(self, labels: Sequence[str]):
+        keys = [msgspec.json.encode(label) + b":" for label in labels]
+        self._width = len(keys)
+        self._prefixes = [b"},{" + keys[0], *(b"," + key for key in keys[1:])] if keys else []
+        self._first = b"[{" + keys[0] if keys else b""
+
+    def __call__(self, probabilities: np.ndarray) -> bytes:
+        rows, columns = probabilities.shape
+        if columns != self._width:
+            raise ValueError(f"{columns} score columns for {self._width} labels")
+        if not rows:
+            return b"[]"
+        if not columns:
+            return b"[" + b",".join([b"{}"] * rows) + b"]"
+        texts = float_array(probabilities)[1:-1].split(b",")
+        parts = [b""] * (2 * len(texts))
+        parts[0::2] = self._prefixes * rows
+        parts[1::2] = texts
+        parts[0] = self._first
+        parts.append(b"}]")
+        return b"".join(parts)
