@@ -27,6 +27,19 @@ def handout_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def handout_models(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The handout models exported once for the whole run by the export's command line (run
+    in this process): the folder it wrote."""
+    from export.__main__ import main
+
+    out = tmp_path_factory.mktemp("handout") / "onnx_models"
+    sources = ("--sklearn-model", handout_dir / "sklearn.model")
+    sources += ("--pytorch-model", handout_dir / "pytorch.model")
+    assert main([*map(str, sources), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """The service as shipped (`python -m serve`, 2 workers, default settings), started once for
     every end-to-end test that needs no settings of its own; a module that does overrides

@@ -26,6 +26,7 @@ from serve import metrics
 from serve.errors import StartupError
 from serve.settings import Settings
 from support.examples import ROWS
+from support.served import wait_until
 
 MONITORING_DIR = REPO_ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING_DIR / "dashboard.json"
@@ -65,14 +66,7 @@ def require_prometheus() -> None:
 
 def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
     """The first truthy result of `check`, tried every 0.2 s until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.2)
+    return wait_until(check, what, timeout, every=0.2)
 
 
 # --- reading the files ---------------------------------------------------------------------------

@@ -4,11 +4,11 @@ import json
 import os
 import re
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from openapi_spec_validator import validate
@@ -25,18 +25,11 @@ from serve.registry import ModelRegistry
 from serve.runner import BatchRunner
 from serve.settings import Limits
 from support.examples import ROWS
-from support.served import check_answers_against_the_served_spec
+from support.served import check_answers_against_the_served_spec, strict_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
 COMMITTED_MODELS = REPO_ROOT / "onnx_models"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    live = ServerProcess({"MAX_BODY_BYTES": str(16 * 1024 * 1024)}).wait_ready()
-    yield live
-    live.stop()
 
 
 def counter(metrics: str, endpoint: str, model: str, status: int) -> float:
@@ -72,15 +65,21 @@ def test_metrics_count_exactly_across_workers_and_worker_deaths() -> None:
             assert requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10).ok
         for _ in range(7):
             requests.post(live.url + "/pytorch", json={"crystalData": [[1]]}, timeout=10)
-        time.sleep(0.5)  # past the workers' next publication
+        published = scrape_until(
+            live,
+            lambda text: (
+                counter(text, "/sklearn", "sklearn", 200) == 30
+                and counter(text, "/pytorch", "pytorch", 422) == 7
+            ),
+        )
+        assert counter(published, "/sklearn", "sklearn", 200) == 30, "never published"
         before = live.worker_pids()
         os.kill(before[0], signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            pids = live.worker_pids()
-            if len(pids) == 2 and before[0] not in pids:
-                break
-            time.sleep(0.1)
+        wait_until(
+            lambda: len(pids := live.worker_pids()) == 2 and before[0] not in pids,
+            f"a worker forked in place of {before[0]}",
+            20,
+        )
         for _ in range(20):
             assert requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=10).ok
         # Until the replacement worker has published once (it may have served none of the 20).
@@ -101,22 +100,17 @@ def test_metrics_count_exactly_across_workers_and_worker_deaths() -> None:
         assert live.stop() == 0
 
 
-def test_own_metrics_folder_is_made_at_start_and_removed_at_exit() -> None:
-    live = ServerProcess().wait_ready()
-    (made,) = Path(tempfile.gettempdir()).glob(f"crystal-metrics-{live.process.pid}-*")
-    assert any(made.iterdir())
-    assert live.stop() == 0
-    assert not made.exists()
-
-
 def test_metrics_dir_gets_a_private_folder_and_foreign_files_are_left_alone(
     tmp_path: Path,
 ) -> None:
-    """Two replicas sharing METRICS_DIR (missing at first) each count their own requests."""
+    """Two replicas started together, sharing METRICS_DIR (missing at first), each count their
+    own requests."""
     parent = tmp_path / "not" / "made" / "yet"
-    first = ServerProcess({"METRICS_DIR": str(parent)}).wait_ready()
-    second = ServerProcess({"METRICS_DIR": str(parent)}).wait_ready()
+    first = ServerProcess({"METRICS_DIR": str(parent)})
+    second = ServerProcess({"METRICS_DIR": str(parent)})
     try:
+        first.wait_ready()
+        second.wait_ready()
         foreign = parent / "counter_999999.db"
         foreign.write_bytes(b"another program's file")
         for live, count in ((first, 2), (second, 3)):
@@ -129,8 +123,9 @@ def test_metrics_dir_gets_a_private_folder_and_foreign_files_are_left_alone(
             assert counter(text, "/sklearn", "sklearn", 200) == count
         assert len(list(parent.glob("crystal-metrics-*"))) == 2
     finally:
-        assert first.stop() == 0
-        assert second.stop() == 0
+        second.process.send_signal(signal.SIGTERM)  # both stop side by side
+        exits = [first.stop(), second.stop()]
+    assert exits == [0, 0]
     assert sorted(parent.iterdir()) == [foreign]
     assert foreign.read_bytes() == b"another program's file"
 
@@ -142,11 +137,11 @@ def test_request_log_line(server: ServerProcess) -> None:
         headers={"X-Request-ID": "droid-r2d2-0001"},
         timeout=10,
     )
-    deadline = time.monotonic() + 5
-    line = None
-    while line is None and time.monotonic() < deadline:
-        line = next((x for x in server.output.splitlines() if "droid-r2d2-0001" in x), None)
-        time.sleep(0.05)
+    line = wait_until(
+        lambda: next((x for x in server.output.splitlines() if "droid-r2d2-0001" in x), None),
+        "the request's access line",
+        5,
+    )
     entry = json.loads(line)
     assert entry["message"] == "request"
     assert entry["method"] == "POST" and entry["path"] == "/astromech"
@@ -160,16 +155,47 @@ def test_every_response_validates_against_the_served_spec(server: ServerProcess)
     check_answers_against_the_served_spec(server, models)
 
 
-def test_hundred_thousand_rows_pass_and_one_more_is_413(server: ServerProcess) -> None:
-    rows = [[0.25, 0.5, 0.75, 1.0]] * 100_000
-    response = requests.post(server.url + "/pytorch", json={"crystalData": rows}, timeout=60)
-    assert response.status_code == 200
-    assert len(response.json()["prediction"]) == 100_000
-    too_many = requests.post(
-        server.url + "/pytorch", json={"crystalData": [*rows, rows[0]]}, timeout=60
-    )
-    assert too_many.status_code == 413
-    assert too_many.json()["description"] == "crystalData has 100001 rows, the limit is 100000"
+LIMIT = 100_000  # MAX_ROWS
+
+
+def batch(count: int, model: str | None) -> bytes:
+    """A body of `count` rows: seeded random ones up to 10,000, beyond that one short row
+    repeated (a million of those still fit in MAX_BODY_BYTES, so the rows are what is refused)."""
+    if count <= 10_000:
+        rows = json.dumps(np.random.default_rng(7).uniform(0, 1, size=(count, 4)).tolist())
+    else:
+        rows = "[" + ",".join(["[1,0,0,1]"] * count) + "]"
+    named = "" if model is None else f', "model": "{model}"'
+    return f'{{"crystalData": {rows}{named}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "count"),
+    [
+        ("/sklearn", None, 10_000),
+        ("/astromech", "sklearn", 10_000),
+        ("/astromech", "pytorch", 10_000),
+        ("/pytorch", None, LIMIT),
+        ("/pytorch", None, LIMIT + 1),
+        ("/sklearn", None, 1_000_000),
+    ],
+)
+def test_large_batches_are_answered_whole_up_to_the_row_limit(
+    server: ServerProcess, path: str, model: str | None, count: int
+) -> None:
+    response = requests.post(server.url + path, data=batch(count, model), timeout=60)
+    answer = strict_json(response)
+    if count <= LIMIT:
+        assert response.status_code == 200
+        assert len(answer["prediction"]) == len(answer["scores"]) == count
+    else:
+        assert response.status_code == 413
+        assert answer == {
+            "title": "Request too large",
+            "description": f"crystalData has {count} rows, the limit is {LIMIT}",
+        }
+        small = requests.post(server.url + path, data=batch(1, model), timeout=10)
+        assert small.status_code == 200
 
 
 def test_oversized_declared_body_is_refused_without_growing_memory(server: ServerProcess) -> None:

@@ -3,7 +3,9 @@
 import json
 import signal
 import socket
-import time
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import requests
 from harness.server import REPO_ROOT, ServerProcess
 from serve.manifest import read_manifest
 from support.examples import ROWS
-from support.served import copy_models, strict_json
+from support.served import in_flight, strict_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -152,102 +154,93 @@ def test_an_unknown_method_is_501(server: ServerProcess) -> None:
     }
 
 
-def test_ten_thousand_rows(server: ServerProcess) -> None:
-    rows = np.random.default_rng(7).uniform(0, 1, size=(10_000, 4)).tolist()
-    for model in MODELS:
-        response = requests.post(
-            f"{server.url}/astromech", json={"crystalData": rows, "model": model}, timeout=10
-        )
-        assert response.status_code == 200
-        assert len(strict_json(response)["scores"]) == 10_000
+@dataclass(frozen=True)
+class WholeRun:
+    """One server from its start to its exit (see `whole_run`)."""
 
-
-def test_sigterm_finishes_in_flight_request() -> None:
-    live = ServerProcess().wait_ready()
-    body = json.dumps({"crystalData": ROWS}).encode()
-    head = (
-        f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
-        client.sendall(head + body[:10])
-        time.sleep(0.5)
-        live.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        client.sendall(body[10:])
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
-    assert live.stop() == 0
-    assert "Shutting down: Master" in live.output
-    with pytest.raises(requests.ConnectionError):
-        requests.post(live.url + "/sklearn", json={"crystalData": ROWS}, timeout=2)
-
-
-def test_refuses_to_start_on_tampered_model(tmp_path: Path) -> None:
-    models = copy_models(tmp_path)
-    data = bytearray((models / "pytorch.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (models / "pytorch.onnx").write_bytes(bytes(data))
-    live = ServerProcess({"MODELS_DIR": str(models)})
-    assert live.process.wait(timeout=30) != 0
-    assert '"message":"cannot start: model pytorch: checksum mismatch' in live.output
-    assert "Traceback" not in live.output
-
-
-def test_refuses_to_start_without_labels(tmp_path: Path) -> None:
-    live = ServerProcess({"LABELS_FILE": str(tmp_path / "labels.txt")})
-    assert live.process.wait(timeout=30) != 0
-    assert '"message":"cannot start: labels file' in live.output
-
-
-def test_refuses_to_start_when_labels_do_not_fit_the_models(tmp_path: Path) -> None:
-    labels = tmp_path / "labels.txt"
-    labels.write_text("blue\ngreen\n")
-    live = ServerProcess({"LABELS_FILE": str(labels)})
-    assert live.process.wait(timeout=30) != 0
-    assert "has 3 outputs but there are 2 labels" in live.output
-    assert "Traceback" not in live.output
-
-
-def test_refuses_to_start_on_wrong_input_width(tmp_path: Path) -> None:
-    from support.onnx_builders import softmax_model, write_models_dir
-
-    models = write_models_dir(
-        tmp_path / "models",
-        {"sklearn": softmax_model(np.ones((5, 3))), "pytorch": softmax_model(np.ones((4, 3)))},
-    )
-    live = ServerProcess({"MODELS_DIR": str(models)})
-    assert live.process.wait(timeout=30) != 0
-    assert "model sklearn: input shape is ['batch', 5], expected [batch, 4]" in live.output
-    assert "Traceback" not in live.output
+    live: ServerProcess
+    metrics_folder: Path
+    metrics_files_at_start: list[str]
+    in_flight_answer: bytes
+    exit_code: int
 
 
 @pytest.fixture(scope="module")
-def handout_server(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The data team's own models, exported by `python -m export`, served by the real server."""
-    import subprocess
-    import sys
+def whole_run() -> Iterator[WholeRun]:
+    """The service as shipped, started, sent a prediction, a corrupt one and a probe, then a
+    prediction whose body is still arriving when the server gets SIGTERM: the rest of the body
+    is sent once every worker says it is shutting down. Then it exits."""
+    live = ServerProcess().wait_ready()
+    try:
+        live.wait_idle()
+        (folder,) = Path(tempfile.gettempdir()).glob(f"crystal-metrics-{live.process.pid}-*")
+        files_at_start = sorted(path.name for path in folder.iterdir())
+        requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2, 3, 4]]}, timeout=10)
+        requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2]]}, timeout=10)
+        requests.get(live.url + "/v2/health/ready", timeout=10)
+        body = json.dumps({"crystalData": ROWS}).encode()
+        head = (
+            f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
+            client.sendall(head + body[:10])
+            wait_until(lambda: in_flight(live) == 1, "the request in the app, awaiting its body")
+            workers = len(live.worker_pids())
+            live.process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: live.output.count('"message":"Worker shutting down..."') == workers,
+                "every worker shutting down, the request still in flight",
+            )
+            client.sendall(body[10:])
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        code = live.stop()
+    except BaseException:
+        live.stop()
+        raise
+    yield WholeRun(live, folder, files_at_start, answer, code)
 
-    out = tmp_path_factory.mktemp("handout") / "onnx_models"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export",
-            "--sklearn-model",
-            str(handout_dir / "sklearn.model"),
-            "--pytorch-model",
-            str(handout_dir / "pytorch.model"),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-    )
-    live = ServerProcess({"MODELS_DIR": str(out)}).wait_ready()
+
+def test_sigterm_finishes_in_flight_request(whole_run: WholeRun) -> None:
+    assert whole_run.in_flight_answer.startswith(b"HTTP/1.1 200 "), whole_run.in_flight_answer
+    assert whole_run.exit_code == 0
+    assert "Shutting down: Master" in whole_run.live.output
+    with pytest.raises(requests.ConnectionError):
+        requests.post(whole_run.live.url + "/sklearn", json={"crystalData": ROWS}, timeout=2)
+
+
+def test_own_metrics_folder_is_made_at_start_and_removed_at_exit(whole_run: WholeRun) -> None:
+    assert whole_run.metrics_files_at_start
+    assert whole_run.exit_code == 0
+    assert not whole_run.metrics_folder.exists()
+
+
+def test_every_line_of_a_full_run_is_json(whole_run: WholeRun) -> None:
+    assert whole_run.exit_code == 0
+    lines = [json.loads(line) for line in whole_run.live.output.splitlines()]
+    loggers = {line["logger"] for line in lines}
+    assert loggers == {"serve", "gunicorn.error", "serve.access"}
+    assert {"ts", "level", "logger", "message", "pid"} <= set.intersection(*map(set, lines))
+    messages = [line["message"] for line in lines]
+    assert messages[:3] == ["model", "model", "Starting gunicorn 27.0.1"]
+    assert messages[-1] == "Shutting down: Master"
+    manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())["models"]
+    for line in lines[:2]:
+        entry = manifest[line["model"]]
+        assert line["version"] == entry["sha256"][:12]
+        assert line["source_sha256"] == entry["source_sha256"]
+        assert (line["opsets"], line["parity"]) == (entry["opsets"], entry["parity"])
+    # The three predictions; the probe and the scrapes are left out of the access log.
+    assert messages.count("request") == 3
+
+
+@pytest.fixture(scope="module")
+def handout_server(handout_models: Path) -> Iterator[ServerProcess]:
+    """The data team's own models, exported by the export's command line, served by the real
+    server."""
+    live = ServerProcess({"MODELS_DIR": str(handout_models)}).wait_ready()
     yield live
     live.stop()
 

@@ -1,20 +1,26 @@
-"""Every start-up misconfiguration ends `python -m serve` with one JSON line naming the setting
-and exit code 2, before gunicorn starts; and every line a full run writes is JSON. `--check`
+"""Every start-up misconfiguration (a setting, a model file, the labels, the port) ends
+`python -m serve` with one JSON line naming it and exit code 2, before gunicorn starts. `--check`
 stops after the same checks, `--help` lists the settings; docs/operations.md lists them as the
-source."""
+source. What a full run writes is in test_serve_e2e.py."""
 
 import json
 import os
 import socket
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-import requests
 
 from harness.server import REPO_ROOT, SERVE, ServerProcess
 from serve import settings
 from serve.errors import StartupError
+from serve.logs import REFUSED
 from serve.settings import SETTINGS
+from support.onnx_builders import softmax_model, write_models_dir
+from support.served import copy_models
 
 pytestmark = pytest.mark.e2e
 
@@ -33,10 +39,6 @@ def refusal_line(live: ServerProcess) -> dict:
     return line
 
 
-def refused(env: dict[str, str]) -> dict:
-    return refusal_line(ServerProcess(env))
-
-
 def left_nothing(live: ServerProcess) -> None:
     """After its exit, no process of its session runs and its port is free."""
     with pytest.raises(ProcessLookupError):
@@ -45,35 +47,135 @@ def left_nothing(live: ServerProcess) -> None:
         sock.bind(("127.0.0.1", live.port))
 
 
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"PORT": "70000"}, "cannot start: PORT must be at most 65535, got 70000"),
-        ({"PORT": "http"}, "cannot start: PORT must be an integer, got 'http'"),
-        ({"WORKERS": "0"}, "cannot start: WORKERS must be at least 1, got 0"),
-        ({"MAX_IN_FLIGHT": "-1"}, "cannot start: MAX_IN_FLIGHT must be at least 1, got -1"),
-        ({"LOG_PROBES": "sometimes"}, "cannot start: LOG_PROBES must be true or false"),
-        ({"HOST": "droid.invalid"}, "cannot start: HOST 'droid.invalid' cannot be resolved"),
-        ({"METRICS_DIR": "/proc/metrics"}, "cannot start: METRICS_DIR /proc/metrics cannot hold"),
-    ],
-)
-def test_a_bad_setting_is_one_json_line_and_exit_2(env: dict[str, str], message: str) -> None:
-    assert refused(env)["message"].startswith(message)
+@dataclass(frozen=True)
+class Refusal:
+    """A deployment `python -m serve` must refuse: its settings (`env`, given a folder of its
+    own and a stack to hold what must stay held until it exits), its arguments, and the message
+    of its one line, whole or (`whole=False`) its start; `{folder}` stands for the folder."""
+
+    env: Callable[[Path, ExitStack], dict[str, str]]
+    message: str
+    args: tuple[str, ...] = ()
+    whole: bool = False
 
 
-# Any text is a valid host or path: what it names is refused at start, in the cases above
-# (HOST, METRICS_DIR) and in tests/serve/test_startup_files.py (MODELS_DIR, LABELS_FILE).
-@pytest.mark.parametrize(
-    "setting",
-    [pytest.param(s, id=s.name) for s in SETTINGS if s.parse not in ANY_TEXT],
-)
-def test_every_setting_with_a_bad_value_is_one_json_line_and_exit_2(
-    setting: settings.Setting,
+def given(env: dict[str, str]) -> Callable[[Path, ExitStack], dict[str, str]]:
+    return lambda folder, held: env
+
+
+def tampered_model(folder: Path, held: ExitStack) -> dict[str, str]:
+    models = copy_models(folder)
+    data = bytearray((models / "pytorch.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models / "pytorch.onnx").write_bytes(bytes(data))
+    return {"MODELS_DIR": str(models)}
+
+
+def two_labels(folder: Path, held: ExitStack) -> dict[str, str]:
+    (folder / "labels.txt").write_text("blue\ngreen\n")
+    return {"LABELS_FILE": str(folder / "labels.txt")}
+
+
+def five_inputs(folder: Path, held: ExitStack) -> dict[str, str]:
+    models = {"sklearn": softmax_model(np.ones((5, 3))), "pytorch": softmax_model(np.ones((4, 3)))}
+    return {"MODELS_DIR": str(write_models_dir(folder / "models", models))}
+
+
+def port_in_use(folder: Path, held: ExitStack) -> dict[str, str]:
+    taken = held.enter_context(socket.socket())
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return {"PORT": str(taken.getsockname()[1])}
+
+
+REFUSALS = {
+    "port-over-65535": Refusal(given({"PORT": "70000"}), "PORT must be at most 65535, got 70000"),
+    "port-not-an-integer": Refusal(given({"PORT": "http"}), "PORT must be an integer, got 'http'"),
+    "no-workers": Refusal(given({"WORKERS": "0"}), "WORKERS must be at least 1, got 0"),
+    "negative-cap": Refusal(
+        given({"MAX_IN_FLIGHT": "-1"}), "MAX_IN_FLIGHT must be at least 1, got -1"
+    ),
+    "log-probes-not-a-boolean": Refusal(
+        given({"LOG_PROBES": "sometimes"}), "LOG_PROBES must be true or false"
+    ),
+    "host-unresolvable": Refusal(
+        given({"HOST": "droid.invalid"}), "HOST 'droid.invalid' cannot be resolved"
+    ),
+    "metrics-dir-unusable": Refusal(
+        given({"METRICS_DIR": "/proc/metrics"}), "METRICS_DIR /proc/metrics cannot hold"
+    ),
+    # "abc" is neither an integer, a number nor a boolean; WEB_CONCURRENCY=abc included, which
+    # gunicorn's config would end in a traceback if it were imported first. Any text is a valid
+    # host or path: what it names is refused in the cases here and in
+    # tests/serve/test_startup_files.py.
+    **{
+        f"{setting.name}-abc": Refusal(given({setting.name: "abc"}), f"{setting.name} must be ")
+        for setting in SETTINGS
+        if setting.parse not in ANY_TEXT
+    },
+    "port-in-use": Refusal(
+        port_in_use,
+        "PORT {port} on HOST 127.0.0.1 cannot be bound: Address already in use",
+        whole=True,
+    ),
+    "unknown-argument": Refusal(
+        given({}),
+        "arguments '--chek' not understood; usage: python -m serve [--check | --help]",
+        args=("--chek",),
+        whole=True,
+    ),
+    "tampered-model": Refusal(tampered_model, "model pytorch: checksum mismatch"),
+    "no-labels-file": Refusal(
+        lambda folder, held: {"LABELS_FILE": str(folder / "labels.txt")},
+        "labels file {folder}/labels.txt",
+    ),
+    "labels-do-not-fit": Refusal(two_labels, "model pytorch has 3 outputs but there are 2 labels"),
+    "wrong-input-width": Refusal(
+        five_inputs, "model sklearn: input shape is ['batch', 5], expected [batch, 4]"
+    ),
+    "check-empty-models-dir": Refusal(
+        lambda folder, held: {"MODELS_DIR": str(folder)},
+        "manifest {folder}/manifest.json not found",
+        args=("--check",),
+        whole=True,
+    ),
+    "check-bad-setting": Refusal(
+        given({"BODY_TIMEOUT": "0"}),
+        "BODY_TIMEOUT must be positive and finite, got '0'",
+        args=("--check",),
+        whole=True,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ServerProcess, str]]:
+    """Every case of REFUSALS started at once (side by side, their interpreters' start-ups
+    overlap), run to its exit: the process and the message its line must give."""
+    started = {}
+    with ExitStack() as held:
+        for name, case in REFUSALS.items():
+            folder = tmp_path_factory.mktemp(name)
+            live = ServerProcess(case.env(folder, held), command=(*SERVE, *case.args))
+            port = live.env["PORT"]
+            message = REFUSED + case.message.format(folder=folder, port=port)
+            started[name] = (live, message)
+        for live, _ in started.values():
+            live.process.wait(timeout=60)
+    return started
+
+
+@pytest.mark.parametrize("name", REFUSALS)
+def test_a_bad_deployment_is_one_json_line_and_exit_2(
+    refusals: dict[str, tuple[ServerProcess, str]], name: str
 ) -> None:
-    """ "abc" is neither an integer, a number nor a boolean; WEB_CONCURRENCY=abc included, which
-    gunicorn's config would end in a traceback if it were imported first."""
-    line = refused({setting.name: "abc"})
-    assert line["message"].startswith(f"cannot start: {setting.name} must be ")
+    live, message = refusals[name]
+    line = refusal_line(live)
+    if REFUSALS[name].whole:
+        assert line["message"] == message
+    else:
+        assert line["message"].startswith(message), line["message"]
+    left_nothing(live)
 
 
 def test_each_shown_default_is_the_default() -> None:
@@ -86,13 +188,6 @@ def test_each_shown_default_is_the_default() -> None:
         except StartupError:
             continue  # a description, e.g. "WEB_CONCURRENCY, else the number of cores"
         assert value == setting.default, setting.name
-
-
-def test_an_unknown_argument_is_one_json_line_and_exit_2() -> None:
-    line = refusal_line(ServerProcess(command=(*SERVE, "--chek")))
-    assert line["message"] == (
-        "cannot start: arguments '--chek' not understood; usage: python -m serve [--check | --help]"
-    )
 
 
 def test_help_lists_every_setting_and_serves_nothing() -> None:
@@ -115,20 +210,6 @@ def test_check_passes_the_committed_models_and_serves_nothing() -> None:
     left_nothing(live)
 
 
-def test_check_refuses_an_empty_models_dir_with_one_json_line(tmp_path: Path) -> None:
-    live = ServerProcess({"MODELS_DIR": str(tmp_path)}, command=CHECK)
-    line = refusal_line(live)
-    assert line["message"] == f"cannot start: manifest {tmp_path / 'manifest.json'} not found"
-    left_nothing(live)
-
-
-def test_check_refuses_a_bad_setting_with_one_json_line() -> None:
-    live = ServerProcess({"BODY_TIMEOUT": "0"}, command=CHECK)
-    line = refusal_line(live)
-    assert line["message"] == "cannot start: BODY_TIMEOUT must be positive and finite, got '0'"
-    left_nothing(live)
-
-
 def readme_settings() -> list[tuple[str, ...]]:
     """(name, default, meaning) of every row of the settings table (docs/operations.md, linked
     from the README), markup removed."""
@@ -142,45 +223,3 @@ def readme_settings() -> list[tuple[str, ...]]:
 
 def test_the_readme_table_lists_the_settings_of_the_source() -> None:
     assert readme_settings() == [(s.name, s.shown, s.meaning) for s in SETTINGS]
-
-
-def test_a_port_in_use_is_one_json_line_and_exit_2() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        line = refused({"PORT": str(port)})
-    assert line["message"] == (
-        f"cannot start: PORT {port} on HOST 127.0.0.1 cannot be bound: Address already in use"
-    )
-
-
-def test_a_missing_metrics_dir_is_made(tmp_path: Path) -> None:
-    parent = tmp_path / "metrics" / "deeper"
-    live = ServerProcess({"METRICS_DIR": str(parent)}).wait_ready()
-    try:
-        assert len(list(parent.glob("crystal-metrics-*"))) == 1
-    finally:
-        assert live.stop() == 0
-
-
-def test_every_line_of_a_full_run_is_json() -> None:
-    live = ServerProcess().wait_ready()
-    requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2, 3, 4]]}, timeout=10)
-    requests.post(live.url + "/sklearn", json={"crystalData": [[1, 2]]}, timeout=10)
-    requests.get(live.url + "/v2/health/ready", timeout=10)
-    assert live.stop() == 0
-    lines = [json.loads(line) for line in live.output.splitlines()]
-    loggers = {line["logger"] for line in lines}
-    assert loggers == {"serve", "gunicorn.error", "serve.access"}
-    assert {"ts", "level", "logger", "message", "pid"} <= set.intersection(*map(set, lines))
-    messages = [line["message"] for line in lines]
-    assert messages[:3] == ["model", "model", "Starting gunicorn 27.0.1"]
-    assert messages[-1] == "Shutting down: Master"
-    manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())["models"]
-    for line in lines[:2]:
-        entry = manifest[line["model"]]
-        assert line["version"] == entry["sha256"][:12]
-        assert line["source_sha256"] == entry["source_sha256"]
-        assert (line["opsets"], line["parity"]) == (entry["opsets"], entry["parity"])
-    assert messages.count("request") == 2  # the probe is left out of the access log

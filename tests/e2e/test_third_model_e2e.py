@@ -1,6 +1,7 @@
 """A third model on every surface: a scikit-learn random forest trained here, exported with the
-two committed stand-ins by the real CLI, and served by the real server from that folder. Nothing
-in the service names its models, so the forest must appear wherever the first two do."""
+two committed stand-ins by the export's command line (run in this process), and served by the
+real server from that folder. Nothing in the service names its models, so the forest must
+appear wherever the first two do."""
 
 import json
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import RandomForestClassifier
 
+from export.__main__ import main as export_cli
 from export.frameworks.sklearn import TREES
 from export.train_sources import crystals
 from harness.server import ServerProcess
-from support.export_helpers import STAND_IN_PYTORCH, STAND_IN_SKLEARN, run_module
+from support.export_helpers import STAND_IN_PYTORCH, STAND_IN_SKLEARN
 from support.served import check_answers_against_the_served_spec
 
 pytestmark = pytest.mark.e2e
@@ -57,14 +59,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     forest.fit(features[:TRAINING_ROWS], labels[:TRAINING_ROWS])
     joblib.dump(forest, root / f"{THIRD}.joblib")
     models_dir = root / "onnx_models"
-    result = run_module(
-        "export",
-        *("--model", f"sklearn={STAND_IN_SKLEARN}"),
-        *("--model", f"pytorch={STAND_IN_PYTORCH}"),
-        *("--model", f"{THIRD}={root / THIRD}.joblib"),
-        *("--out", str(models_dir)),
+    exported = export_cli(
+        [
+            *("--model", f"sklearn={STAND_IN_SKLEARN}"),
+            *("--model", f"pytorch={STAND_IN_PYTORCH}"),
+            *("--model", f"{THIRD}={root / THIRD}.joblib"),
+            *("--out", str(models_dir)),
+        ]
     )
-    assert result.returncode == 0, result.stderr
+    assert exported == 0
     live = ServerProcess({"MODELS_DIR": str(models_dir), "WORKERS": "1"}).wait_ready()
     yield Served(live, models_dir, forest)
     live.stop()

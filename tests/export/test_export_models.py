@@ -76,12 +76,9 @@ def stand_in_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 
 @pytest.fixture(scope="module")
-def handout_export(handout_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    return _export(
-        handout_dir / "sklearn.model",
-        handout_dir / "pytorch.model",
-        tmp_path_factory.mktemp("handout") / "out",
-    )
+def handout_export(handout_dir: Path, handout_models: Path) -> Exported:
+    sources = {name: handout_dir / f"{name}.model" for name in ("sklearn", "pytorch")}
+    return Exported(sources, handout_models)
 
 
 @pytest.fixture(scope="module", params=["stand_in_export", "handout_export"])

@@ -207,22 +207,6 @@ def test_the_bound_is_configurable() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b'{"crystalData": [[1, 2, 3, 4]], "model": "\xff\xfe"}',
-        b'{"crystalData": [[1, 2, 3, 4]], "\xc3\x28": 1, "model": "sklearn"}',
-        b'{"crystalData": [[1, 2, 3, "\xed\xa0\x80"]], "model": "sklearn"}',
-        b"\xff\xfe{}",
-    ],
-)
-def test_invalid_utf8_anywhere_is_corrupt_data(raw: bytes) -> None:
-    with pytest.raises(InvalidCrystalData, match="not valid UTF-8"):
-        DECODER.astromech(raw)
-    with pytest.raises(InvalidCrystalData, match="not valid UTF-8"):
-        DECODER.crystal_data(raw)
-
-
 def test_valid_utf8_beyond_ascii_is_accepted() -> None:
     raw = '{"crystalData": [[1, 2, 3, 4]], "note": "crystal é水💎"}'.encode()
     assert DECODER.crystal_data(raw).tolist() == [[1, 2, 3, 4]]

@@ -1,8 +1,12 @@
-"""Helpers for the end-to-end tests: models folders to serve, and checks of a running server's
-answers."""
+"""Helpers for the end-to-end tests: models folders to serve, checks of a running server's
+answers, and waits for what a server or its clients do."""
 
 import json
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urljoin
 
 import numpy as np
@@ -16,6 +20,34 @@ from harness.bodies import COMMITTED_MODELS
 from harness.server import ServerProcess
 from support.examples import ROWS
 from support.onnx_builders import IDENTITY_WEIGHTS, softmax_model, write_models_dir
+
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T],
+    what: str | Callable[[], str],
+    seconds: float = 30.0,
+    every: float = 0.05,
+) -> T:
+    """The first truthy result of `check`, tried every `every` s. Past `seconds` without one, an
+    AssertionError says what did not happen (`what`, or what it returns then)."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not within {seconds} s: {what if isinstance(what, str) else what()}"
+            )
+        time.sleep(every)
+    return result
+
+
+def in_flight(live: ServerProcess) -> float:
+    """crystal_requests_in_flight in a scrape: the requests in the app, their bodies whole or
+    not, from the answering worker now and from the others as of their last publication
+    (METRICS_FLUSH_SECONDS); the scrape does not count itself."""
+    text = requests.get(live.url + "/metrics", timeout=10).text
+    return float(re.search(r"^crystal_requests_in_flight (\S+)$", text, re.M).group(1))
 
 
 def strict_json(response: requests.Response) -> object:
