@@ -25,12 +25,12 @@ from google.protobuf.message import DecodeError, Message
 from serve import grpc_messages as messages
 from serve.classifier import Classifier
 from serve.errors import BadRequest, ServiceError
-from serve.logs import AccessLine, AccessLog
+from serve.logs import AccessLog
 from serve.protocol import InferencePath
 from serve.registry import ModelRegistry
 from serve.runner import BatchRunner
 from serve.settings import Limits
-from serve.telemetry import MAX_LOGGED_CHARS, RequestIds
+from serve.telemetry import RequestIds
 from serve.triton import GRPC_PROTOCOL
 from serve.v2 import (
     DATATYPES,
@@ -302,14 +302,7 @@ class InferenceService:
         self._metrics.request(PROTOCOL, path, "POST", call.model, str(status), seconds)
         if method in PROBES and not self._log_probes:
             return
-        log = self._access_log
-        size = len(response) if isinstance(response, bytes) else 0
-        line = AccessLine(
-            log.timestamp(),
-            "info",
-            "serve.access",
-            "request",
-            log.pid,
+        self._access_log.request(
             call.request_id,
             "POST",
             path,
@@ -317,14 +310,13 @@ class InferenceService:
             self._versions.get(call.model, ""),
             call.rows,
             status,
-            int(seconds * 1e6) / 1000,
-            size,
+            seconds,
+            len(response) if isinstance(response, bytes) else 0,
             _client(context.peer() or ""),
-            str(invocation.get("user-agent", ""))[:MAX_LOGGED_CHARS],
-            call.error[:MAX_LOGGED_CHARS],
+            str(invocation.get("user-agent", "")),
+            call.error,
             code.name,
         )
-        log.request(line)
 
     async def _server_live(self, request: Message, call: Call) -> Message:
         return messages.METHODS["ServerLive"][1](live=True)

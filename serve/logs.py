@@ -100,6 +100,10 @@ class AccessLine(msgspec.Struct, omit_defaults=True):
 _access_encoder = msgspec.json.Encoder()
 
 
+# Paths, user agents and error messages longer than this are cut in the access log.
+MAX_LOGGED_CHARS = 200
+
+
 class AccessLog:
     """One JSON line per request, in the same schema as the other log lines.
 
@@ -112,7 +116,43 @@ class AccessLog:
         self._write = write or (lambda data: os.write(sys.stdout.fileno(), data))
         self.pid = os.getpid()
 
-    def request(self, line: AccessLine) -> None:
+    def request(
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        model: str,
+        version: str,
+        rows: int,
+        status: int,
+        seconds: float,
+        size: int,
+        client: str,
+        user_agent: str,
+        error: str,
+        grpc_status: str = "",
+    ) -> None:
+        """One request's line; client-supplied text is cut to MAX_LOGGED_CHARS."""
+        line = AccessLine(
+            self.timestamp(),
+            "info",
+            "serve.access",
+            "request",
+            self.pid,
+            request_id,
+            method,
+            path[:MAX_LOGGED_CHARS],
+            model,
+            version,
+            rows,
+            status,
+            int(seconds * 1e6) / 1000,  # milliseconds to the microsecond
+            size,
+            client,
+            user_agent[:MAX_LOGGED_CHARS],
+            error[:MAX_LOGGED_CHARS],
+            grpc_status,
+        )
         self._write(_access_encoder.encode(line) + b"\n")
 
     def timestamp(self) -> str:

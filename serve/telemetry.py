@@ -9,14 +9,13 @@ from os import urandom
 
 import falcon.asgi
 
-from serve.logs import AccessLine, AccessLog
+from serve.logs import AccessLog
 from serve.metrics import Metrics
 from serve.request import CrystalRequest
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Client ids are kept only when short and plain, so they cannot forge or flood log lines.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-MAX_LOGGED_CHARS = 200
 # Probes and scrapes are not counted in progress (a scrape would count itself), and are left out
 # of the access log unless LOG_PROBES is set: they would drown the requests that matter.
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -85,24 +84,17 @@ class RequestTelemetry:
         )
         if probe and not self._log_probes:
             return
-        log = self._access_log
-        line = AccessLine(
-            log.timestamp(),
-            "info",
-            "serve.access",
-            "request",
-            log.pid,
+        self._access_log.request(
             context.request_id,
             method,
-            req.path[:MAX_LOGGED_CHARS],
+            req.path,
             context.model,
             self._versions.get(context.model, ""),
             context.rows,
             status,
-            int(seconds * 1e6) / 1000,  # milliseconds to the microsecond
+            seconds,
             len(resp.data or b""),
             req.remote_addr,
-            (req.get_header("User-Agent") or "")[:MAX_LOGGED_CHARS],
-            context.error[:MAX_LOGGED_CHARS],
+            req.get_header("User-Agent") or "",
+            context.error,
         )
-        log.request(line)
