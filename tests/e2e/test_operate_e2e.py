@@ -123,8 +123,11 @@ def test_metrics_dir_gets_a_private_folder_and_foreign_files_are_left_alone(
             assert counter(text, "/sklearn", "sklearn", 200) == count
         assert len(list(parent.glob("crystal-metrics-*"))) == 2
     finally:
-        second.process.send_signal(signal.SIGTERM)  # both stop side by side
-        exits = [first.stop(), second.stop()]
+        # Both stop side by side, each signalled once: a second SIGTERM that lands while the
+        # master's interpreter is finishing would end it by the signal instead of exit 0.
+        for live in (first, second):
+            live.process.send_signal(signal.SIGTERM)
+        exits = [live.process.wait(timeout=30) for live in (first, second)]
     assert exits == [0, 0]
     assert sorted(parent.iterdir()) == [foreign]
     assert foreign.read_bytes() == b"another program's file"
