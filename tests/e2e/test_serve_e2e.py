@@ -196,7 +196,7 @@ def whole_run() -> Iterator[WholeRun]:
             answer = b""
             while chunk := client.recv(65536):
                 answer += chunk
-        code = live.stop()
+        code = live.process.wait(timeout=30)  # already signalled: a second SIGTERM could end it
     except BaseException:
         live.stop()
         raise
