@@ -71,10 +71,10 @@ chromium:
 test: lint monitoring-tools chromium
 	$(BIN)/python -m pytest
 
-# The tests that start no server (well under a minute): the loop for a change to one module.
+# The tests that start no server and export no whole set of models (under a minute): the loop for a change to one module.
 # `make test` stays the whole suite and the CI command.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e" -q
+	$(BIN)/python -m pytest -m "not e2e and not slow" -q
 
 # Benchmark: the service against the floor and native designs (a few minutes; see docs/performance.md).
 bench: install

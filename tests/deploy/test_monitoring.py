@@ -138,6 +138,7 @@ def test_rules_pass_promtool_check() -> None:
     assert f"SUCCESS: {len(load_rules())} rules found" in output
 
 
+@pytest.mark.slow  # promtool runs every rule test: left out of make test-fast
 def test_rules_pass_their_unit_tests() -> None:
     assert "SUCCESS" in promtool("test", "rules", str(ALERTS_TEST))
 

@@ -33,6 +33,8 @@ from export.parity import Tolerance, probe_rows
 from export.train_sources import crystals
 from support.export_helpers import run_forked
 
+pytestmark = pytest.mark.slow  # whole exports: left out of make test-fast
+
 SEED = 0
 TRAINING_ROWS = 300
 

@@ -30,6 +30,8 @@ from export.train_sources import crystals
 from support.export_helpers import run_forked, served
 from support.onnx_builders import softmax_model
 
+pytestmark = pytest.mark.slow  # whole exports: left out of make test-fast
+
 SEED = 0
 TRAINING_ROWS = 300
 STEPS = 60

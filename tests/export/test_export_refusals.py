@@ -21,6 +21,8 @@ from export.train_sources import crystals
 from support.export_helpers import run_forked, snapshot
 from support.onnx_builders import IDENTITY_WEIGHTS, softmax_model
 
+pytestmark = pytest.mark.slow  # every refusal run by the CLI: left out of make test-fast
+
 SEED = 0
 TORCH_FILE = "a PyTorch file (torch.save, torch.jit.save or torch.export.save)"
 DYNAMIC_BATCH_FIX = (

@@ -2,8 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
 from export.sources import load_pytorch, load_sklearn
 from support.export_helpers import run_concurrently, snapshot
+
+pytestmark = pytest.mark.slow  # trains the stand-ins twice: left out of make test-fast
 
 
 def test_training_twice_writes_identical_usable_models(tmp_path: Path) -> None:
