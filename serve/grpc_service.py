@@ -50,7 +50,6 @@ from serve.v2 import (
 
 logger = logging.getLogger("serve")
 
-PROTOCOL = GRPC_PROTOCOL  # the `protocol` label of its requests in the metrics
 # Of the extensions REST serves, the one this proto carries (a parameter of ModelInfer).
 EXTENSIONS = ["classification"]
 # The status a failure is answered with, by the HTTP status REST answers it with.
@@ -299,7 +298,7 @@ class InferenceService:
         response: Any,
     ) -> None:
         path = endpoint(method)
-        self._metrics.request(PROTOCOL, path, "POST", call.model, str(status), seconds)
+        self._metrics.request(GRPC_PROTOCOL, path, "POST", call.model, str(status), seconds)
         if method in PROBES and not self._log_probes:
             return
         self._access_log.request(
