@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from harness.load import Call
@@ -59,7 +60,10 @@ def with_answers(calls: list[Call], ports: list[int]) -> list[Call]:
     disagree, answer another status than the call's, or another number of rows."""
     answered = []
     for call in calls:
-        answers = {request(port, "POST", call.path, call.body, timeout=30) for port in ports}
+        answers = {
+            request(port, "POST", call.path, call.body, timeout=30, headers=dict(call.headers))
+            for port in ports
+        }
         if len(answers) != 1:
             raise RuntimeError(f"{call.path}: the servers answer differently")
         ((status, body),) = answers
@@ -67,5 +71,5 @@ def with_answers(calls: list[Call], ports: list[int]) -> list[Call]:
             raise RuntimeError(f"{call.path}: answered {status}, not {call.status}: {body[:300]!r}")
         if status == 200 and len(json.loads(body)["prediction"]) != call.rows:
             raise RuntimeError(f"{call.path}: {call.rows} rows sent, another number answered")
-        answered.append(Call(call.path, call.body, call.status, body, call.rows))
+        answered.append(replace(call, expected=body))
     return answered

@@ -26,6 +26,7 @@ class Call:
     status: int = 200
     expected: bytes | None = None
     rows: int = 0
+    headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type (an Authorization, say)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -109,7 +110,9 @@ def _client(
         tally.sent += 1
         started = time.monotonic()
         try:
-            connection.request("POST", parts.path + call.path, call.body, headers)
+            connection.request(
+                "POST", parts.path + call.path, call.body, headers | dict(call.headers)
+            )
             response = connection.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:

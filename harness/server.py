@@ -34,11 +34,13 @@ def request(
     path: str,
     body: bytes | None = None,
     timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """One request to 127.0.0.1 on a fresh connection: status and body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request(method, path, body, {"Content-Type": "application/json"})
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, path, body, sent)
         response = connection.getresponse()
         return response.status, response.read()
     finally:

@@ -21,9 +21,10 @@ USAGE = "usage: python -m serve [--check | --help]"
 
 
 def announce(published: release.Release) -> None:
-    """One line per model: what is served, from which source, with which parity."""
-    for model in published.models:
-        line = json_line(
+    """One line per model: what is served, from which source, with which parity; then one line
+    on who may call them (the bearer tokens, or that there are none)."""
+    lines = [
+        json_line(
             "info",
             "serve",
             "model",
@@ -34,7 +35,16 @@ def announce(published: release.Release) -> None:
                 **dict(model.details),
             },
         )
-        sys.stdout.buffer.write(line + b"\n")
+        for model in published.models
+    ]
+    tokens = published.tokens
+    if tokens is None:
+        message = "bearer tokens off (AUTH_TOKENS_FILE unset): the models answer every caller"
+    else:
+        message = "bearer tokens on: the models answer requests with an accepted token"
+    count = 0 if tokens is None else len(tokens.digests)
+    lines.append(json_line("info", "serve", message, {"accepted_tokens": count}))
+    sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
     sys.stdout.flush()
 
 

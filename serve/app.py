@@ -12,6 +12,7 @@ import falcon
 import falcon.asgi
 
 from serve import docs, droid, openapi, release, triton, v2
+from serve.auth import BearerTokens, TokenGate
 from serve.classifier import Classifier, OnnxClassifier
 from serve.compression import ResponseCompression
 from serve.errors import ServiceError
@@ -106,6 +107,34 @@ class ErrorAnswers:
         )
 
 
+class BearerAuthorization:
+    """Every protocol's routes but their public ones (probes) ask for a bearer token
+    (serve/auth.py). In the app only when tokens are set: without them it costs nothing."""
+
+    def __init__(self, gate: TokenGate, routes: Routes):
+        self._gate = gate
+        self._routes = routes
+
+    async def process_resource(
+        self, req: CrystalRequest, resp: falcon.asgi.Response, resource: object, params: dict
+    ) -> None:
+        if self._routes.guards(req.uri_template or ""):
+            self._gate.check(self._routes.label_of(req), req.get_header("Authorization"))
+
+
+class MetricsPortSplit:
+    """With METRICS_PORT, /metrics is answered on that port and nothing else is: the port a
+    request came in on is the listening socket's, from the ASGI scope."""
+
+    def __init__(self, port: int):
+        self._port = port
+
+    async def process_request(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
+        _, port = req.scope.get("server") or ("", None)  # any iterable of two, says ASGI
+        if (port == self._port) != (req.path == "/metrics"):
+            raise falcon.HTTPNotFound()
+
+
 class MetricsResource:
     """GET and HEAD, in the format the scraper's Accept header asks for: OpenMetrics or the
     Prometheus text format (the default)."""
@@ -161,16 +190,18 @@ def create_app(
     access_log: AccessLog | None = None,
     settings: Settings | None = None,
     grpc_master: int | None = None,
+    tokens: BearerTokens | None = None,
 ) -> falcon.asgi.App:
-    """The app; with `grpc_master`, the pid of the process whose workers serve gRPC together
-    (the gunicorn master), also this worker's gRPC server on settings.grpc_port
-    (serve/grpc_server.py), started and stopped with it through ASGI lifespan events."""
+    """The app, asking for one of `tokens` on guarded routes; with `grpc_master`, the pid of the
+    process whose workers serve gRPC together (the gunicorn master), also this worker's gRPC
+    server on settings.grpc_port (serve/grpc_server.py), started and stopped with it through
+    ASGI lifespan events."""
     settings = settings or Settings.from_env({})
     limits = limits or settings.limits
     metrics = metrics or Metrics()
     registry = ModelRegistry(models, labels, metrics)
     runner = BatchRunner(settings.offload_bytes, settings.max_in_flight, metrics)
-    path = InferencePath(registry, limits, runner, metrics)
+    path = InferencePath(registry, limits, runner, metrics, TokenGate(tokens, metrics))
     routes = Routes([protocol(path) for protocol in PROTOCOLS])
     access_log = access_log or AccessLog()
     telemetry = RequestTelemetry(
@@ -187,6 +218,10 @@ def create_app(
         ResponseCompression(settings.gzip_min_bytes, runner),
         MetricsPublisher(metrics, settings.metrics_flush_seconds),
     ]
+    if settings.metrics_port is not None:
+        middleware.append(MetricsPortSplit(settings.metrics_port))
+    if tokens is not None:
+        middleware.append(BearerAuthorization(path.gate, routes))
     if grpc_master is not None:
         # Imported only here: grpc is loaded in the workers that serve it, never in the master.
         from serve.grpc_server import GrpcServer
@@ -205,7 +240,9 @@ def create_app(
     app.add_error_handler(falcon.HTTPError, errors.http_error)
     app.add_error_handler(ServiceError, errors.service_error)
     app.add_route("/metrics", MetricsResource(metrics))
-    app.add_route("/openapi.json", OpenApiSpec(openapi.build_spec(registry, routes.protocols)))
+    guarded = None if tokens is None else routes.guards
+    spec = openapi.build_spec(registry, routes.protocols, guarded)
+    app.add_route("/openapi.json", OpenApiSpec(spec))
     docs.add_routes(app)
     return app
 
@@ -236,4 +273,5 @@ def get_app(settings: Settings | None = None) -> falcon.asgi.App:
         metrics=metrics,
         settings=settings,
         grpc_master=os.getppid() if settings.grpc_port else None,
+        tokens=models.tokens,
     )

@@ -1,10 +1,10 @@
 """`python -m serve.check`: everything that can stop the server, checked before gunicorn starts.
 
 Exit 0 means the deployment can serve: the installed gunicorn has every private name the worker
-relies on (serve/worker.py), the settings are valid, HOST resolves and PORT (and GRPC_PORT) can
-be bound there, and the app builds exactly as a worker builds it (every model file exists,
-matches its checksum, loads in onnxruntime with the [batch, 4] input contract, and fits
-labels.txt).
+relies on (serve/worker.py), the settings are valid, HOST resolves and PORT (and GRPC_PORT,
+METRICS_PORT) can be bound there, AUTH_TOKENS_FILE holds valid tokens, and the app builds exactly
+as a worker builds it (every model file exists, matches its checksum, loads in onnxruntime with
+the [batch, 4] input contract, and fits labels.txt).
 `python -m serve` runs it in a separate process before starting gunicorn, so a broken deployment
 stops within a second with one JSON line and exit code 2, and the gunicorn master never holds an
 onnxruntime session.
@@ -77,6 +77,8 @@ def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         if "--models-only" not in argv:
             check_listen(settings.host, settings.port)
+            if settings.metrics_port is not None:
+                check_listen(settings.host, settings.metrics_port, "METRICS_PORT")
             if settings.grpc_port:
                 check_listen(settings.host, settings.grpc_port, "GRPC_PORT", reuse_port=True)
             check_metrics_dir(settings.metrics_dir)

@@ -55,6 +55,7 @@ EXTENSIONS = ["classification"]
 # The status a failure is answered with, by the HTTP status REST answers it with.
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -76,6 +77,8 @@ def endpoint(method: str) -> str:
 INFER = "ModelInfer"
 # RPCs that are probes: not counted in progress, logged only with LOG_PROBES (as REST's).
 PROBES = frozenset({"ServerLive", "ServerReady"})
+# RPCs open without a bearer token, as REST's probes and model readiness are.
+PUBLIC = PROBES | {"ModelReady"}
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
@@ -211,6 +214,7 @@ class InferenceService:
         self._registry: ModelRegistry = path.registry
         self._runner: BatchRunner = path.runner
         self._metrics = path.metrics
+        self._gate = path.gate
         self._decoder = TensorDecoder(path.limits)
         self._access_log = access_log
         self._log_probes = log_probes
@@ -251,6 +255,8 @@ class InferenceService:
             self._metrics.in_flight += 1
         status, code, response = 200, grpc.StatusCode.OK, None
         try:
+            if method not in PUBLIC:
+                self._gate.check(GRPC_PROTOCOL, invocation.get("authorization"))
             response = await handler(request, call)
         except asyncio.CancelledError:  # the client went away or its deadline passed
             seconds = time.perf_counter() - started

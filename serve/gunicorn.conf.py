@@ -13,6 +13,8 @@ _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 
 wsgi_app = "serve.asgi:application()"
 bind = [f"{_host}:{_settings.port}"]
+if _settings.metrics_port is not None:  # answers /metrics alone (serve/app.py, MetricsPortSplit)
+    bind.append(f"{_host}:{_settings.metrics_port}")
 workers = _settings.workers
 # gunicorn's asyncio worker (uvloop, the gunicorn-h1c C parser), with a first-request-head
 # timeout and JSON error answers: serve/worker.py.

@@ -89,6 +89,15 @@ SHED = Definition(
     "Requests refused with 503 by the per-worker cap on requests at work (MAX_IN_FLIGHT).",
     initial=((),),
 )
+# Requests refused for want of an accepted bearer token (serve/auth.py), by protocol and reason:
+# missing, malformed (not `Bearer <token>`) or wrong.
+UNAUTHENTICATED = Definition(
+    "crystal_unauthenticated_requests",
+    "counter",
+    "Requests refused with 401 (gRPC UNAUTHENTICATED) for want of an accepted bearer token, by "
+    "protocol and reason: missing, malformed or wrong.",
+    ("protocol", "reason"),
+)
 PREDICTIONS = Definition(
     "crystal_predictions",
     "counter",
@@ -171,7 +180,7 @@ MODEL_INFO = Definition(
 )
 # What workers record as one value per label set, and a retirement keeps: counters summed,
 # gauges the largest (see _merge).
-VALUES = (REQUESTS, REQUEST_TIME, SHED, PREDICTIONS, WORKER_EXITS, LAST_PREDICTION)
+VALUES = (REQUESTS, REQUEST_TIME, SHED, UNAUTHENTICATED, PREDICTIONS, WORKER_EXITS, LAST_PREDICTION)
 HISTOGRAMS = (REQUEST_SECONDS, INFERENCE_SECONDS, ROWS, CONFIDENCE)
 # Read from the live workers at scrape time.
 LIVE = (IN_FLIGHT, RESIDENT_MEMORY, CPU_SECONDS, MODEL_INFO)
@@ -260,6 +269,10 @@ class Metrics:
     def shed(self) -> None:
         with self._lock:
             self._count(SHED, ())
+
+    def unauthenticated(self, protocol: str, reason: str) -> None:
+        with self._lock:
+            self._count(UNAUTHENTICATED, (protocol, reason))
 
     def prediction(
         self,

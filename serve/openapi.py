@@ -5,7 +5,7 @@ the model names and labels as enums) and the examples, which are the models' own
 published example row."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -17,6 +17,17 @@ from serve.registry import WARM_UP_ROW, ModelRegistry
 TEMPLATES = Path(__file__).resolve().parent / "openapi"
 JSON = "application/json"
 EXAMPLE_ID = "r2d2-1"
+METHODS = ("get", "head", "post", "put", "delete", "patch", "options")
+# With AUTH_TOKENS_FILE set, what every guarded operation declares (serve/auth.py).
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "One of the tokens in the server's AUTH_TOKENS_FILE.",
+}
+UNAUTHORIZED = {
+    "description": "No accepted bearer token: the error in the protocol's shape, with the "
+    "WWW-Authenticate header.",
+}
 
 
 def template(name: str) -> dict:
@@ -79,9 +90,14 @@ def _fill_components(
         model_name["example"] = shown
 
 
-def build_spec(registry: ModelRegistry, protocols: Sequence[FrontDoor]) -> bytes:
+def build_spec(
+    registry: ModelRegistry,
+    protocols: Sequence[FrontDoor],
+    guarded: Callable[[str], bool] | None = None,
+) -> bytes:
     """The document for the registry's models and the protocols served; its examples show the
-    first ready model."""
+    first ready model. With `guarded` (bearer tokens asked), the operations of each path it
+    names declare the bearer scheme and its 401."""
     answers = _answers(registry)
     examples = Examples(registry, answers, next(iter(answers), None))
     spec = template("base.json")
@@ -92,4 +108,11 @@ def build_spec(registry: ModelRegistry, protocols: Sequence[FrontDoor]) -> bytes
     for protocol in protocols:
         paths |= protocol.openapi_paths(examples)
     spec["paths"] = paths | spec["paths"]
+    if guarded is not None:
+        spec["components"]["securitySchemes"] = {"bearer": BEARER_SCHEME}
+        for path, item in spec["paths"].items():
+            if guarded(path):
+                for method in METHODS & item.keys():
+                    item[method]["security"] = [{"bearer": []}]
+                    item[method]["responses"]["401"] = UNAUTHORIZED
     return msgspec.json.encode(spec)

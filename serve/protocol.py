@@ -13,26 +13,28 @@ import falcon.asgi
 import msgspec
 import numpy as np
 
+from serve.auth import TokenGate
 from serve.metrics import Metrics
 from serve.registry import ModelRegistry
 from serve.request import CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
 
-# Adds one route: a URI template, its resource and, as falcon.App.add_route takes them, options
-# such as `suffix`.
+# Adds one route: a URI template, its resource, `public=True` for a route open without a bearer
+# token (a probe), and, as falcon.App.add_route takes them, options such as `suffix`.
 AddRoute = Callable[..., None]
 
 
 @dataclass(frozen=True)
 class InferencePath:
     """What every front door is built on, shared by all: the models, the request limits, the
-    runner that caps and offloads work, and the metrics."""
+    runner that caps and offloads work, the metrics, and the bearer tokens asked for."""
 
     registry: ModelRegistry
     limits: Limits
     runner: BatchRunner
     metrics: Metrics
+    gate: TokenGate
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,22 @@ class Routes:
         self.protocols = tuple(protocols)
         self._routes: list[tuple[str, object, dict[str, str]]] = []
         self._by_template: dict[str, FrontDoor] = {}
+        self._public: set[str] = set()
         for protocol in self.protocols:
             protocol.add_routes(partial(self._add, protocol))
 
-    def _add(self, protocol: FrontDoor, template: str, resource: object, **options: str) -> None:
+    def _add(
+        self,
+        protocol: FrontDoor,
+        template: str,
+        resource: object,
+        public: bool = False,
+        **options: str,
+    ) -> None:
         self._routes.append((template, resource, options))
         self._by_template[template] = protocol
+        if public:
+            self._public.add(template)
 
     def add_to(self, app: falcon.asgi.App) -> None:
         for template, resource, options in self._routes:
@@ -108,6 +120,11 @@ class Routes:
 
     def protocol_of(self, req: CrystalRequest) -> FrontDoor:
         return self.claimed_by(req) or self.protocols[0]
+
+    def guards(self, template: str) -> bool:
+        """Whether a route asks for a bearer token: every protocol's route but its public ones.
+        The service's own routes (/metrics, /, the API page) are open."""
+        return template in self._by_template and template not in self._public
 
     def label_of(self, req: CrystalRequest) -> str:
         claimed = self.claimed_by(req)

@@ -2,7 +2,8 @@
 proven by `python -m serve.check` on exactly those bytes, and inherited by every worker through
 fork. All workers of a server therefore serve the same versions, whatever happens to MODELS_DIR
 meanwhile: a worker that replaces a dead one gets the master's release, not the folder's files.
-SIGHUP prepares a new release the same way and keeps the old one when it fails."""
+SIGHUP prepares a new release the same way and keeps the old one when it fails. The bearer
+tokens (serve/auth.py) are part of a release: read, refused and replaced with the models."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.auth import BearerTokens
 from serve.errors import StartupError
 from serve.labels import load_labels
 from serve.logs import REFUSED
@@ -26,6 +28,7 @@ class Release:
     models: tuple[ModelFile, ...]
     data: dict[str, bytes]
     labels: tuple[str, ...]
+    tokens: BearerTokens | None = None
 
 
 _current: Release | None = None
@@ -42,10 +45,13 @@ def publish(release: Release) -> None:
 
 
 def read(settings: Settings) -> Release:
-    """MODELS_DIR and LABELS_FILE as they are now, every file checked against the manifest."""
+    """MODELS_DIR, LABELS_FILE and AUTH_TOKENS_FILE as they are now, every model file checked
+    against the manifest."""
     models = tuple(read_manifest(settings.models_dir))
     data = {model.name: model.read_verified() for model in models}
-    return Release(models, data, load_labels(settings.labels_file))
+    path = settings.auth_tokens_file
+    tokens = None if path is None else BearerTokens.read(path)
+    return Release(models, data, load_labels(settings.labels_file), tokens)
 
 
 def prepare(settings: Settings, listen: bool) -> Release:

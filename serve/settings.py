@@ -96,6 +96,24 @@ SETTINGS = (
         8081,
     ),
     Setting(
+        "METRICS_PORT",
+        "unset: /metrics on PORT",
+        "a port of its own for /metrics (as Triton's 8002 and MLServer's 8082), differing from "
+        "PORT and GRPC_PORT: it answers /metrics only, and PORT no longer does",
+        integer(1, MAX_PORT),
+        None,
+    ),
+    Setting(
+        "AUTH_TOKENS_FILE",
+        "unset: no tokens asked",
+        "a file of bearer tokens, one a line (at least 16 characters each; several at once, to "
+        "rotate one without downtime); requests to the models must then send Authorization: "
+        "Bearer <token>, while probes, /metrics, / and the API page stay open; read at start and "
+        "on SIGHUP, with the models",
+        path,
+        None,
+    ),
+    Setting(
         "MODELS_DIR",
         "onnx_models (beside serve/)",
         "folder with the ONNX files and manifest.json",
@@ -242,6 +260,8 @@ class Settings:
     host: str
     port: int
     grpc_port: int
+    metrics_port: int | None
+    auth_tokens_file: Path | None
     models_dir: Path
     labels_file: Path
     workers: int
@@ -265,10 +285,18 @@ class Settings:
         value = {setting.name: setting.read(env) for setting in SETTINGS}
         # One worker per core: each runs onnxruntime on one thread, so they never oversubscribe.
         workers = value["WORKERS"] or value["WEB_CONCURRENCY"] or os.cpu_count() or 1
+        metrics_port = value["METRICS_PORT"]
+        for other in ("PORT", "GRPC_PORT"):
+            if metrics_port is not None and metrics_port == value[other]:
+                raise StartupError(
+                    f"METRICS_PORT must differ from {other}, both are {metrics_port}"
+                )
         return cls(
             host=value["HOST"],
             port=value["PORT"],
             grpc_port=value["GRPC_PORT"],
+            metrics_port=metrics_port,
+            auth_tokens_file=value["AUTH_TOKENS_FILE"],
             models_dir=value["MODELS_DIR"],
             labels_file=value["LABELS_FILE"],
             workers=workers,

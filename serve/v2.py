@@ -446,13 +446,13 @@ class OpenInferenceProtocol:
         server = ServerMetadata()
         add(PREFIX, server)
         add(f"{PREFIX}/", server)  # the upstream REST definition's spelling
-        add(f"{PREFIX}/health/live", Probe(None))
-        add(f"{PREFIX}/health/ready", Probe(registry))
+        add(f"{PREFIX}/health/live", Probe(None), public=True)
+        add(f"{PREFIX}/health/ready", Probe(registry), public=True)
         models = ModelDocuments(registry)
         infer = InferResource(registry, path.limits, path.runner)
         for model in (MODEL, VERSIONED_MODEL):
             add(model, models)
-            add(f"{model}/ready", models, suffix="ready")
+            add(f"{model}/ready", models, public=True, suffix="ready")
             add(f"{model}/infer", infer)
 
     error_body = staticmethod(error_answer)

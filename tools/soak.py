@@ -2,8 +2,9 @@
 
     python -m tools.soak --seconds 60 --clients 8 --json soak.json
 
-Every answer is checked: valid and invalid bodies alike must be answered with their expected
-status and, byte for byte, the body the server gave them before the load began. Faults, in
+The server asks for bearer tokens (AUTH_TOKENS_FILE): the clients send one, and one call comes
+without it. Every answer is checked: valid and invalid bodies alike must be answered with their
+expected status and, byte for byte, the body the server gave them before the load began. Faults, in
 order: SIGKILL one worker at 30% of the run, SIGHUP (reload) at 60%, SIGTERM at 90% while the
 clients keep sending. Each client opens a connection per request, so the faults hit connections
 in every state.
@@ -14,8 +15,10 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ INVALID = (
     Call("/astromech", b'{"crystalData": [[1, 2, 3, 4]], "model": "keras"}', 400),
     Call("/sklearn", b"not json", 422),
 )
+TOKEN = "soak-droid-token-0123456789"
+AUTHORIZED = (("Authorization", f"Bearer {TOKEN}"),)
+# Every call sends the token but this one, which must be refused whatever the faults.
+UNAUTHORIZED = Call("/pytorch", b'{"crystalData": [[1, 2, 3, 4]]}', 401)
 
 
 def phase_at(events: list[tuple[float, str]], moment: float) -> str:
@@ -72,9 +79,19 @@ def faults(server: ServerProcess, seconds: float, workers: int) -> dict[str, Any
 
 
 def run(seconds: float, clients: int, workers: int) -> dict:
-    server = ServerProcess({"WORKERS": str(workers), "GRACEFUL_TIMEOUT": "10"}).wait_ready(30)
+    with tempfile.TemporaryDirectory(prefix="crystal-soak-") as folder:
+        tokens = Path(folder) / "tokens"
+        tokens.write_text(TOKEN + "\n")
+        env = {"WORKERS": str(workers), "GRACEFUL_TIMEOUT": "10", "AUTH_TOKENS_FILE": str(tokens)}
+        return soak(ServerProcess(env).wait_ready(30), seconds, clients, workers)
+
+
+def soak(server: ServerProcess, seconds: float, clients: int, workers: int) -> dict:
     try:
-        calls = with_answers([*prediction_calls((1, 100)), *INVALID], [server.port])
+        guarded = [
+            replace(call, headers=AUTHORIZED) for call in (*prediction_calls((1, 100)), *INVALID)
+        ]
+        calls = with_answers([*guarded, UNAUTHORIZED], [server.port])
         with load_during(server.url, calls, clients, keep_alive=False) as outcome:
             fault = faults(server, seconds, workers)
             time.sleep(0.2)
@@ -106,6 +123,7 @@ def run(seconds: float, clients: int, workers: int) -> dict:
         "exit_code": fault["exit_code"],
         "exit_after_sigterm_s": fault["exit_after_sigterm_s"],
         "tracebacks_in_log": log.count("Traceback"),
+        "tokens_in_log": log.count(TOKEN),
     }
 
 

@@ -384,15 +384,22 @@ class Stack:
         self.ready_at = time.time()
 
 
+# The stack's server asks for bearer tokens, so refusals have a sample too.
+TOKEN = "monitoring-token-0123456789"
+
+
 def send_traffic(url: str) -> None:
-    """Valid predictions on every prediction endpoint, corrupt data (422), unknown paths (404)."""
+    """Valid predictions on every prediction endpoint, corrupt data (422), unknown paths (404),
+    a request without a token (401)."""
     valid = [
         ("/sklearn", {"crystalData": ROWS}),
         ("/pytorch", {"crystalData": ROWS}),
         ("/astromech", {"crystalData": ROWS, "model": "sklearn"}),
         ("/astromech", {"crystalData": ROWS, "model": "pytorch"}),
     ]
+    assert requests.post(url + "/sklearn", json=valid[0][1], timeout=10).status_code == 401
     with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
         for _ in range(5):
             for path, body in valid:
                 assert session.post(url + path, json=body, timeout=10).status_code == 200
@@ -411,7 +418,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_prometheus()
     workdir = tmp_path_factory.mktemp("prometheus")
     with contextlib.ExitStack() as cleanup:
-        server = ServerProcess().wait_ready()
+        tokens = workdir / "tokens"
+        tokens.write_text(TOKEN + "\n")
+        server = ServerProcess({"AUTH_TOKENS_FILE": str(tokens)}).wait_ready()
         cleanup.callback(server.stop)
         prometheus = Prometheus(workdir, f"127.0.0.1:{server.port}")
         cleanup.callback(prometheus.stop)

@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from harness.server import REPO_ROOT, ServerProcess, rss_mb
 from serve.app import PROTOCOLS
+from serve.auth import TokenGate
 from serve.classifier import OnnxClassifier
 from serve.labels import load_labels
 from serve.manifest import read_manifest
@@ -238,8 +239,10 @@ def test_spec_for_the_committed_models_is_valid() -> None:
     model_files = read_manifest(COMMITTED_MODELS)
     models = {f.name: OnnxClassifier(f.name, f.read_verified()) for f in model_files}
     registry = ModelRegistry(models, load_labels(REPO_ROOT / "labels.txt"), Metrics())
-    runner = BatchRunner(0, 1, Metrics())
-    path = InferencePath(registry, Limits(), runner, Metrics())
+    metrics = Metrics()
+    path = InferencePath(
+        registry, Limits(), BatchRunner(0, 1, metrics), metrics, TokenGate(None, metrics)
+    )
     protocols = [protocol(path) for protocol in PROTOCOLS]
     spec = json.loads(build_spec(registry, protocols))
     validate(spec)

@@ -37,9 +37,12 @@ def test_short_soak(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["wrong_answers"] == 0
     assert figures["tracebacks_in_log"] == 0
+    # The call without a token was refused, and the token the others sent was never written.
+    assert figures["answered_by_status"]["401"] > 0
+    assert figures["tokens_in_log"] == 0
     assert figures["exit_code"] == 0
     assert figures["answered_by_status"]["200"] > 100
-    assert set(figures["answered_by_status"]) <= {"200", "400", "422"}
+    assert set(figures["answered_by_status"]) <= {"200", "400", "401", "422"}
     # After SIGTERM only connections that never reached the app fail (refused once the listener
     # closed, or dropped from its backlog); after SIGKILL only those in flight on that worker.
     killed = 0

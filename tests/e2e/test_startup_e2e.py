@@ -88,6 +88,11 @@ def port_in_use(folder: Path, held: ExitStack) -> dict[str, str]:
     return {"PORT": str(taken.getsockname()[1])}
 
 
+def empty_tokens_file(folder: Path, held: ExitStack) -> dict[str, str]:
+    (folder / "tokens").write_text("\n\n")
+    return {"AUTH_TOKENS_FILE": str(folder / "tokens")}
+
+
 REFUSALS = {
     "port-over-65535": Refusal(given({"PORT": "70000"}), "PORT must be at most 65535, got 70000"),
     "port-not-an-integer": Refusal(given({"PORT": "http"}), "PORT must be an integer, got 'http'"),
@@ -124,6 +129,21 @@ REFUSALS = {
         args=("--chek",),
         whole=True,
     ),
+    "metrics-port-is-port": Refusal(
+        given({"PORT": "3999", "METRICS_PORT": "3999"}),
+        "METRICS_PORT must differ from PORT, both are 3999",
+        whole=True,
+    ),
+    "metrics-port-in-use": Refusal(
+        lambda folder, held: {"METRICS_PORT": port_in_use(folder, held)["PORT"]},
+        "METRICS_PORT ",
+    ),
+    "no-tokens-file": Refusal(
+        lambda folder, held: {"AUTH_TOKENS_FILE": str(folder / "tokens")},
+        "AUTH_TOKENS_FILE {folder}/tokens cannot be read: No such file or directory",
+        whole=True,
+    ),
+    "empty-tokens-file": Refusal(empty_tokens_file, "AUTH_TOKENS_FILE {folder}/tokens holds no"),
     "tampered-model": Refusal(tampered_model, "model pytorch: checksum mismatch"),
     "no-labels-file": Refusal(
         lambda folder, held: {"LABELS_FILE": str(folder / "labels.txt")},
@@ -205,8 +225,10 @@ def test_check_passes_the_committed_models_and_serves_nothing() -> None:
     assert live.process.wait(timeout=60) == 0, live.output
     lines = [json.loads(line) for line in live.output.splitlines()]
     manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())["models"]
-    assert sorted(line["model"] for line in lines) == sorted(manifest)
-    assert {line["message"] for line in lines} == {"model"}
+    *models, tokens = lines
+    assert sorted(line["model"] for line in models) == sorted(manifest)
+    assert {line["message"] for line in models} == {"model"}
+    assert tokens["message"].startswith("bearer tokens off (AUTH_TOKENS_FILE unset)")
     left_nothing(live)
 
 

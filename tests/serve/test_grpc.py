@@ -2,6 +2,7 @@
 real grpc.aio server started through the app's lifespan."""
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness.server import free_port
 from serve import grpc_messages as messages
 from serve.app import create_app
+from serve.auth import BearerTokens, TokenGate
 from serve.errors import (
     BadRequest,
     InvalidCrystalData,
@@ -236,23 +238,28 @@ def test_answers_hold_rests_values_bit_for_bit(output_dtype: type) -> None:
     assert typed.model_version == model.version
 
 
-def call(channel: grpc.aio.Channel, method: str, request) -> grpc.aio.UnaryUnaryCall:
+def call(
+    channel: grpc.aio.Channel, method: str, request, metadata: tuple = ()
+) -> grpc.aio.UnaryUnaryCall:
     response_class = messages.METHODS[method][1]
     return channel.unary_unary(
         f"/{messages.SERVICE}/{method}",
         request_serializer=lambda message: message.SerializeToString(),
         response_deserializer=response_class.FromString,
-    )(request)
+    )(request, metadata=metadata)
 
 
-def serve_in_process(models: dict, runner_cap: int, scenario) -> list[bytes]:
+def serve_in_process(
+    models: dict, runner_cap: int, scenario, tokens: BearerTokens | None = None
+) -> list[bytes]:
     """Runs `scenario(channel)` against a GrpcServer on a free loopback port; the access lines."""
     lines: list[bytes] = []
     port = free_port()
     settings = Settings.from_env({"HOST": "127.0.0.1", "GRPC_PORT": str(port)})
     metrics = Metrics()
     registry = ModelRegistry(models, LABELS, metrics)
-    path = InferencePath(registry, settings.limits, BatchRunner(0, runner_cap, metrics), metrics)
+    runner = BatchRunner(0, runner_cap, metrics)
+    path = InferencePath(registry, settings.limits, runner, metrics, TokenGate(tokens, metrics))
     service = InferenceService(path, AccessLog(lines.append), log_probes=False)
     server = GrpcServer(service, registry.all_ready, settings, os.getpid())
 
@@ -324,3 +331,40 @@ def test_the_app_serves_grpc_and_health_through_its_lifespan() -> None:
     infer = metrics.totals().values(REQUESTS)
     assert infer[("grpc", f"/{messages.SERVICE}/ModelInfer", "POST", "sklearn", "200")] == 1
     assert any(b'"path":"/inference.GRPCInferenceService/ModelInfer"' in line for line in lines)
+
+
+def test_tokens_are_asked_in_the_authorization_metadata_of_all_but_the_probes() -> None:
+    """REST's guard over gRPC: ModelReady and the server probes stay open; the rest answer
+    UNAUTHENTICATED without an accepted token, counted and logged without it."""
+    token, other = "droid-token-0123456789", "droid-token-abcdefghij"
+    tokens = BearerTokens((hashlib.sha256(token.encode()).digest(),))
+    requests = {
+        "ServerLive": messages.METHODS["ServerLive"][0](),
+        "ServerReady": messages.METHODS["ServerReady"][0](),
+        "ModelReady": messages.METHODS["ModelReady"][0](name="sklearn"),
+        "ServerMetadata": messages.METHODS["ServerMetadata"][0](),
+        "ModelMetadata": messages.METHODS["ModelMetadata"][0](name="sklearn"),
+        "ModelInfer": infer_request(ROWS),
+    }
+    codes: dict[tuple[str, str], grpc.StatusCode] = {}
+
+    async def scenario(channel: grpc.aio.Channel) -> None:
+        for method, request in requests.items():
+            for sent in ("", f"Bearer {other}", f"Bearer {token}"):
+                metadata = (("authorization", sent),) if sent else ()
+                try:
+                    await call(channel, method, request, metadata)
+                    codes[method, sent] = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as error:
+                    codes[method, sent] = error.code()
+
+    lines = serve_in_process({"sklearn": FakeClassifier(SKLEARN_ROWS)}, 16, scenario, tokens)
+    for method in requests:
+        public = method in ("ServerLive", "ServerReady", "ModelReady")
+        refused = grpc.StatusCode.OK if public else grpc.StatusCode.UNAUTHENTICATED
+        assert codes[method, ""] is refused, method
+        assert codes[method, f"Bearer {other}"] is refused, method
+        assert codes[method, f"Bearer {token}"] is grpc.StatusCode.OK, method
+    logged = b"".join(lines)
+    assert logged.count(b'"grpc_status":"UNAUTHENTICATED"') == 6
+    assert token.encode() not in logged and other.encode() not in logged

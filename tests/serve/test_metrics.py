@@ -50,6 +50,7 @@ CONTRACT = {
     "crystal_requests": ("counter", ("protocol", "endpoint", "method", "model", "status")),
     "crystal_request_seconds": ("counter", ("protocol", "endpoint", "method", "model", "status")),
     "crystal_requests_shed": ("counter", ()),
+    "crystal_unauthenticated_requests": ("counter", ("protocol", "reason")),
     "crystal_predictions": ("counter", ("model", "label")),
     "crystal_worker_exits": ("counter", ("reason",)),
     "crystal_last_prediction_timestamp_seconds": ("gauge", ("model",)),
@@ -117,6 +118,7 @@ def recorded(
         recorder.request("droid", "/sklearn", "POST", "sklearn", "200", 0.003)
     for _ in range(shed):
         recorder.shed()
+        recorder.unauthenticated("v2", "missing")
     for rows in batches:
         best = np.arange(rows) % len(LABELS)
         recorder.prediction("sklearn", 0.001, LABELS, best, np.full(rows, 0.9))
@@ -203,6 +205,8 @@ def test_a_snapshot_holds_what_the_worker_counted() -> None:
     recorder.request("droid", "/sklearn", "POST", "sklearn", "200", 0.0005)
     recorder.request("droid", "/sklearn", "POST", "sklearn", "422", 0.001)
     recorder.shed()
+    recorder.unauthenticated("grpc", "wrong")
+    recorder.unauthenticated("grpc", "wrong")
     recorder.prediction("sklearn", 0.0001, LABELS, np.array([2]), np.array([0.95]))
     recorder.prediction("sklearn", 0.002, LABELS, np.array([0, 2, 2]), np.array([0.5, 0.7, 1.0]))
     recorder.in_flight = 2
@@ -221,6 +225,7 @@ def test_a_snapshot_holds_what_the_worker_counted() -> None:
             ("droid", "/sklearn", "POST", "sklearn", "422"): 0.001,
         },
         "crystal_requests_shed": {(): 1},
+        "crystal_unauthenticated_requests": {("grpc", "wrong"): 2},
         "crystal_predictions": {("sklearn", "yellow"): 3, ("sklearn", "blue"): 1},
         "crystal_worker_exits": {},  # counted by the master, never by a worker
     }

@@ -1,0 +1,155 @@
+"""Bearer tokens and the metrics port on the real server: tritonclient over HTTP and gRPC with
+and without its header, a rotation by SIGHUP with no request refused, a broken token file kept
+out by the reload, probes and the metrics port open, and no token ever in the server's output."""
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from harness.server import ServerProcess, free_port
+from support.examples import ROWS
+from support.served import wait_until
+
+pytestmark = pytest.mark.e2e
+
+FIRST = "first-droid-token-0123456789"
+SECOND = "second-droid-token-abcdefghij"
+REJECTED = "never-accepted-token-0123456789"
+
+
+class Guarded:
+    def __init__(self, live: ServerProcess, tokens: Path, metrics_url: str):
+        self.live = live
+        self.tokens = tokens
+        self.metrics_url = metrics_url
+
+    def predict(self, token: str | None) -> requests.Response:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        body = {"crystalData": ROWS}
+        return requests.post(self.live.url + "/sklearn", json=body, headers=headers, timeout=10)
+
+    def status(self, token: str | None) -> int:
+        return self.predict(token).status_code
+
+    def labels(self) -> list[bytes]:
+        """The droids' protocol's labels for ROWS, as tritonclient reads them."""
+        return [label.encode() for label in self.predict(FIRST).json()["prediction"]]
+
+    def reload(self, text: str) -> None:
+        """Writes the token file and SIGHUPs; returns once the old workers are gone."""
+        self.tokens.write_text(text)
+        old = set(self.live.worker_pids())
+        self.live.process.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: not old & set(pids := self.live.worker_pids()) and len(pids) == 2,
+            "the old workers exited, two new ones running",
+        )
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    tokens = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens.write_text(FIRST + "\n")
+    metrics_port = free_port()
+    live = ServerProcess(
+        {"AUTH_TOKENS_FILE": str(tokens), "METRICS_PORT": str(metrics_port)}
+    ).wait_ready()
+    try:
+        yield Guarded(live, tokens, f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        assert live.stop() == 0
+        output = live.output
+        for token in (FIRST, SECOND, REJECTED):
+            assert token not in output
+
+
+def infer_input(module, datatype: str = "FP64"):
+    tensor = module.InferInput("input", [len(ROWS), 4], datatype)
+    tensor.set_data_from_numpy(np.array(ROWS, dtype=np.float64))
+    return tensor
+
+
+def test_start_says_tokens_are_on_and_how_many(guarded: Guarded) -> None:
+    lines = [json.loads(line) for line in guarded.live.output.splitlines()]
+    (line,) = [x for x in lines if x["message"].startswith("bearer tokens")]
+    assert line["message"] == "bearer tokens on: the models answer requests with an accepted token"
+    assert line["accepted_tokens"] == 1
+
+
+def test_tritonclient_http_sends_the_token_in_its_headers(guarded: Guarded) -> None:
+    client = triton_http.InferenceServerClient(guarded.live.url.removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready("sklearn")
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("sklearn", [infer_input(triton_http)])
+    assert refused.value.status() == "401"
+    headers = {"Authorization": f"Bearer {FIRST}"}
+    answer = client.infer("sklearn", [infer_input(triton_http)], headers=headers)
+    assert answer.as_numpy("label").tolist() == guarded.labels()
+    assert client.get_model_metadata("sklearn", headers=headers)["name"] == "sklearn"
+
+
+def test_tritonclient_grpc_sends_the_token_in_its_metadata(guarded: Guarded) -> None:
+    client = triton_grpc.InferenceServerClient(guarded.live.grpc_url)
+    assert client.is_server_ready() and client.is_model_ready("sklearn")
+    for headers in ({}, {"authorization": f"Bearer {REJECTED}"}):
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("sklearn", [infer_input(triton_grpc)], headers=headers)
+        assert refused.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+    headers = {"authorization": f"Bearer {FIRST}"}
+    answer = client.infer("sklearn", [infer_input(triton_grpc)], headers=headers)
+    assert answer.as_numpy("label").tolist() == guarded.labels()
+
+
+def test_metrics_are_on_their_own_port_and_count_the_refusals(guarded: Guarded) -> None:
+    assert guarded.status(REJECTED) == 401
+    assert requests.get(guarded.live.url + "/metrics", timeout=10).status_code == 404
+    assert requests.get(guarded.live.url + "/v2/health/live", timeout=10).status_code == 200
+    metrics_base = guarded.metrics_url.removesuffix("/metrics")
+    assert requests.get(metrics_base + "/v2/health/live", timeout=10).status_code == 404
+    wait_until(
+        lambda: (
+            'crystal_unauthenticated_requests_total{protocol="droid",reason="wrong"}'
+            in requests.get(guarded.metrics_url, timeout=10).text
+        ),
+        "the refusal counted on the metrics port",
+    )
+
+
+def test_a_rotation_by_sighup_refuses_no_client_that_holds_a_listed_token(
+    guarded: Guarded,
+) -> None:
+    assert (guarded.status(FIRST), guarded.status(SECOND)) == (200, 401)
+    guarded.reload(f"{FIRST}\n{SECOND}\n")
+    assert (guarded.status(FIRST), guarded.status(SECOND)) == (200, 200)
+    guarded.reload(f"{SECOND}\n")
+    for _ in range(8):  # both workers answer
+        assert (guarded.status(FIRST), guarded.status(SECOND)) == (401, 200)
+    lines = [json.loads(x) for x in guarded.live.output.splitlines() if "bearer tokens" in x]
+    assert [line["accepted_tokens"] for line in lines] == [1, 2, 1]
+
+
+def test_a_broken_token_file_is_refused_by_the_reload_and_the_tokens_stay(
+    guarded: Guarded,
+) -> None:
+    accepted = SECOND if guarded.status(SECOND) == 200 else FIRST
+    logged = len(guarded.live.output)
+    guarded.tokens.write_text("\n")
+    guarded.live.process.send_signal(signal.SIGHUP)
+    line = wait_until(
+        lambda: next(
+            (x for x in guarded.live.output[logged:].splitlines() if "refused" in x), None
+        ),
+        "the reload refused in the log",
+    )
+    assert f"AUTH_TOKENS_FILE {guarded.tokens} holds no token" in json.loads(line)["message"]
+    assert guarded.status(accepted) == 200
+    assert guarded.status(None) == 401
