@@ -15,6 +15,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from harness.load import Call, Tally, load_during
 from harness.server import ServerProcess, free_port
 from support.examples import ROWS
 from support.served import wait_until
@@ -124,13 +125,29 @@ def test_metrics_are_on_their_own_port_and_count_the_refusals(guarded: Guarded) 
     )
 
 
+def reload_under_load(guarded: Guarded, text: str, token: str) -> Tally:
+    """The reload to `text`, while two clients keep predicting with `token`."""
+    header = (("Authorization", f"Bearer {token}"),)
+    calls = [Call("/sklearn", json.dumps({"crystalData": ROWS}).encode(), 200, headers=header)]
+    with load_during(guarded.live.url, calls, clients=2) as outcome:
+        guarded.reload(text)
+    tally, _ = outcome[0]
+    return tally
+
+
 def test_a_rotation_by_sighup_refuses_no_client_that_holds_a_listed_token(
     guarded: Guarded,
 ) -> None:
+    """The documented rotation: add the new token, move the clients once the reload is done,
+    remove the old one. A client holding a token listed on both sides of a reload is never
+    refused while the old workers hand over to the new ones."""
     assert (guarded.status(FIRST), guarded.status(SECOND)) == (200, 401)
-    guarded.reload(f"{FIRST}\n{SECOND}\n")
+    added = reload_under_load(guarded, f"{FIRST}\n{SECOND}\n", FIRST)
     assert (guarded.status(FIRST), guarded.status(SECOND)) == (200, 200)
-    guarded.reload(f"{SECOND}\n")
+    removed = reload_under_load(guarded, f"{SECOND}\n", SECOND)
+    for tally in (added, removed):
+        assert tally.sent > 50 and not tally.failures
+        assert dict(tally.by_status) == {200: tally.sent}
     for _ in range(8):  # both workers answer
         assert (guarded.status(FIRST), guarded.status(SECOND)) == (401, 200)
     lines = [json.loads(x) for x in guarded.live.output.splitlines() if "bearer tokens" in x]
