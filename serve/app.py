@@ -241,7 +241,9 @@ def create_app(
     app.add_error_handler(ServiceError, errors.service_error)
     app.add_route("/metrics", MetricsResource(metrics))
     guarded = None if tokens is None else routes.guards
-    spec = openapi.build_spec(registry, routes.protocols, guarded)
+    spec = openapi.build_spec(
+        registry, routes.protocols, guarded, metrics_here=settings.metrics_port is None
+    )
     app.add_route("/openapi.json", OpenApiSpec(spec))
     docs.add_routes(app)
     return app

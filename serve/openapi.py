@@ -94,10 +94,12 @@ def build_spec(
     registry: ModelRegistry,
     protocols: Sequence[FrontDoor],
     guarded: Callable[[str], bool] | None = None,
+    metrics_here: bool = True,
 ) -> bytes:
     """The document for the registry's models and the protocols served; its examples show the
     first ready model. With `guarded` (bearer tokens asked), the operations of each path it
-    names declare the bearer scheme and its 401."""
+    names declare the bearer scheme and its 401. Without `metrics_here` (METRICS_PORT set),
+    /metrics is left out: this port does not answer it."""
     answers = _answers(registry)
     examples = Examples(registry, answers, next(iter(answers), None))
     spec = template("base.json")
@@ -108,6 +110,8 @@ def build_spec(
     for protocol in protocols:
         paths |= protocol.openapi_paths(examples)
     spec["paths"] = paths | spec["paths"]
+    if not metrics_here:
+        del spec["paths"]["/metrics"]
     if guarded is not None:
         spec["components"]["securitySchemes"] = {"bearer": BEARER_SCHEME}
         for path, item in spec["paths"].items():

@@ -238,6 +238,8 @@ def test_metrics_port_answers_metrics_only_and_the_inference_port_no_metrics() -
         assert client.simulate_get(path, port=3000).status_code == 200, path
     answer = client.simulate_post("/sklearn", json={"crystalData": ROWS}, port=8082)
     assert answer.json == {"title": "404 Not Found", "description": "no route /sklearn"}
+    # The document describes the port it is served on.
+    assert "/metrics" not in client.simulate_get("/openapi.json", port=3000).json["paths"]
 
 
 @pytest.mark.parametrize("other", ["PORT", "GRPC_PORT"])
