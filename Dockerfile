@@ -2,7 +2,8 @@
 #
 # Stage "build" converts the source models to ONNX and runs the parity tests on them, so an image
 # is never built from ONNX files that failed parity. Stage "runtime" holds only what serving
-# needs: requirements.txt, serve/, the ONNX files made by stage "build", and labels.txt.
+# needs: the packages of requirements.lock, serve/, the ONNX files made by stage "build", and
+# labels.txt.
 #
 #   docker build -t crystal-serving:1.0.0 .
 #   docker run --rm -p 3000:3000 -p 8081:8081 crystal-serving:1.0.0
@@ -55,8 +56,10 @@ RUN groupadd --system --gid 10001 crystal \
 
 WORKDIR /app
 
-COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+# requirements.txt's pins and all they pull in, each file checked against its sha256: a changed
+# or substituted wheel of the same version fails the build (`make lock` writes the file).
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # Owned by root and read-only for the service user.
 COPY serve/ serve/

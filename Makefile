@@ -10,23 +10,32 @@ PYTORCH_MODEL ?= export/sources/pytorch.pt
 MODELS ?= sklearn=$(SKLEARN_MODEL) pytorch=$(PYTORCH_MODEL)
 OUT ?= onnx_models
 
-.PHONY: install runtime serve export test test-fast lint format sources bench soak test-upstream
+.PHONY: install runtime serve export test test-fast lint format sources bench soak test-upstream lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps make the installs idempotent: pip runs again only when a requirements file changes.
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+# The runtime comes from requirements.lock, every file checked against its sha256; the build and
+# test set goes on top of it (its runtime pins are the lock's, so pip keeps what is installed).
+$(VENV)/.runtime-installed: requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt export/requirements.txt tests/requirements.txt | $(BIN)/python
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements.txt export/requirements.txt tests/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-	touch $@ $(VENV)/.runtime-installed
+	touch $@
 
 runtime: $(VENV)/.runtime-installed
 
 install: $(VENV)/.dev-installed
+
+# requirements.lock from requirements.txt: the same pins and everything they pull in, with the
+# sha256 of every file PyPI has for each (for any platform, Python 3.11). Run it after changing
+# requirements.txt; tests/deploy/test_runtime_lock.py fails until the two agree.
+lock: install
+	$(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+		--custom-compile-command "make lock" --output-file requirements.lock requirements.txt
 
 serve: runtime
 	PORT=$(PORT) $(BIN)/python -m serve

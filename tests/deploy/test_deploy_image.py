@@ -16,9 +16,18 @@ from pathlib import Path
 
 import pytest
 import requests
+from packaging.utils import canonicalize_name
 
 from harness.server import REPO_ROOT, ServerProcess
-from support.deploy_files import Stage, copy_args, env_args, exec_form, read_stages
+from support.deploy_files import (
+    LOCK,
+    Stage,
+    copy_args,
+    env_args,
+    exec_form,
+    read_requirements,
+    read_stages,
+)
 from support.examples import ROWS
 from support.served import exported_models
 
@@ -136,7 +145,7 @@ def test_runtime_stage_serves_from_a_fresh_venv(tmp_path: Path) -> None:
     assert sorted(p.name for p in image.workdir.iterdir()) == [
         "labels.txt",
         "onnx_models",
-        "requirements.txt",
+        "requirements.lock",
         "serve",
     ]
     listing = subprocess.run(
@@ -145,8 +154,10 @@ def test_runtime_stage_serves_from_a_fresh_venv(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    installed = {item["name"].lower().replace("_", "-") for item in json.loads(listing.stdout)}
+    installed = {canonicalize_name(item["name"]) for item in json.loads(listing.stdout)}
     assert installed.isdisjoint(BUILD_TIME), installed & set(BUILD_TIME)
+    # --require-hashes installs nothing the lock does not list, so what is there is the lock.
+    assert installed == set(read_requirements(LOCK))
     size = site_packages_bytes(image.venv)
     print(f"runtime site-packages: {size / 2**20:.0f} MiB")
     assert size < MAX_SITE_PACKAGES_BYTES

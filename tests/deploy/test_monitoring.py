@@ -25,6 +25,7 @@ from harness.server import REPO_ROOT, ServerProcess, free_port
 from serve import metrics
 from serve.errors import StartupError
 from serve.settings import Settings
+from support.deploy_files import container_ports, container_settings, manifests, pod_template
 from support.examples import ROWS
 from support.served import wait_until
 
@@ -33,7 +34,6 @@ DASHBOARD = MONITORING_DIR / "dashboard.json"
 ALERTS = MONITORING_DIR / "alerts.yaml"
 ALERTS_TEST = MONITORING_DIR / "alerts.test.yaml"
 SERVICE_MONITOR = MONITORING_DIR / "servicemonitor.yaml"
-SERVICE = REPO_ROOT / "deploy" / "k8s" / "service.yaml"
 
 JOB = "crystal"  # the scrape job the rules select
 # Grafana's variables as the test's Prometheus (1 s scrapes) can answer them.
@@ -262,17 +262,20 @@ def test_dashboard_and_rules_use_only_metrics_the_service_exposes() -> None:
     assert in_rules <= allowed, in_rules - allowed
 
 
-def test_service_monitor_selects_the_service() -> None:
+def test_service_monitor_scrapes_the_metrics_port_of_the_service() -> None:
     monitor = yaml.safe_load(SERVICE_MONITOR.read_text())
-    service = yaml.safe_load(SERVICE.read_text())
+    service = manifests()["Service"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["kind"] == "ServiceMonitor"
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
-    ports = {port["name"] for port in service["spec"]["ports"]}
-    for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in ports
-        assert endpoint["path"] == "/metrics"
+    # The Service port that forwards to the container's METRICS_PORT, by the port's name.
+    template = pod_template()
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    target = ports[endpoint["port"]]["targetPort"]
+    assert container_ports(template)[target] == container_settings(template).metrics_port
+    assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
     # The Prometheus Operator names the job after the Service: the job the rules select.
     assert service["metadata"]["name"] == JOB
 
@@ -420,9 +423,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with contextlib.ExitStack() as cleanup:
         tokens = workdir / "tokens"
         tokens.write_text(TOKEN + "\n")
-        server = ServerProcess({"AUTH_TOKENS_FILE": str(tokens)}).wait_ready()
+        # As deployed: /metrics on a port of its own, scraped there.
+        metrics_port = free_port()
+        env = {"AUTH_TOKENS_FILE": str(tokens), "METRICS_PORT": str(metrics_port)}
+        server = ServerProcess(env).wait_ready()
         cleanup.callback(server.stop)
-        prometheus = Prometheus(workdir, f"127.0.0.1:{server.port}")
+        prometheus = Prometheus(workdir, f"127.0.0.1:{metrics_port}")
         cleanup.callback(prometheus.stop)
         prometheus.wait_ready()
         for _ in range(2):

@@ -1,5 +1,5 @@
 """The runtime is torch-free: it never imports the build-time frameworks. That a venv made from
-requirements.txt alone serves both models is proven by tests/deploy/test_deploy_image.py, which
+requirements.lock alone serves both models is proven by tests/deploy/test_deploy_image.py, which
 replays the image's runtime stage."""
 
 import subprocess
