@@ -97,7 +97,7 @@ def help_text() -> str:
         "           0 when the server can start, else 2 with one JSON line on stderr",
         "  --help   print this and exit",
         "",
-        "settings (environment variables; a blank one counts as unset):",
+        "settings (environment variables; a blank one counts as unset, but AUTH_TOKENS_FILE):",
     ]
     for setting in SETTINGS:
         lines.append(f"  {setting.name} (default: {setting.shown})")

@@ -131,7 +131,8 @@ class MetricsPortSplit:
 
     async def process_request(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
         _, port = req.scope.get("server") or ("", None)  # any iterable of two, says ASGI
-        if (port == self._port) != (req.path == "/metrics"):
+        # The router reads //metrics (or /%2Fmetrics) as /metrics: leading slashes count as one.
+        if (port == self._port) != (req.path.lstrip("/") == "metrics"):
             raise falcon.HTTPNotFound()
 
 

@@ -21,12 +21,17 @@ class DeferredContinue:
     app refuses on its head alone (a declared Content-Length over MAX_BODY_BYTES) was invited
     anyway, and the client sent it or waited out a timeout. For such requests the app gets an
     empty first event; the body is asked for, and 100 Continue sent, only when the app reads it.
+
+    A WebSocket upgrade never reaches the app (no route speaks WebSocket, and no middleware,
+    the token check included, sees one): gunicorn refuses it with 403.
     """
 
     def __init__(self, app: ASGIApp):
         self._app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return  # no route speaks WebSocket: unaccepted, the upgrade is answered 403
         if scope["type"] == "http" and _expects_continue(scope["headers"]):
             receive = _after_an_empty_event(receive)
         await self._app(scope, receive, send)

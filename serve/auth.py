@@ -56,7 +56,8 @@ class BearerTokens:
         """One token a line; blank lines are skipped. A file that cannot be read, holds no token
         or a line that is no valid token stops the start (or the reload), naming the line."""
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: a byte order mark, as some editors write, is no part of the first token.
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise StartupError(f"AUTH_TOKENS_FILE {path} cannot be read: {reason}") from None
@@ -84,8 +85,10 @@ class BearerTokens:
         """None when the Authorization header carries an accepted token, else why not."""
         if not authorization:
             return MISSING
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
+        # HTTP's whitespace only (RFC 9110, 5.6.3): str.strip() would drop other bytes, such as
+        # a non-breaking space, and accept a token that is not one of the file.
+        scheme, _, token = authorization.strip(" \t").partition(" ")
+        token = token.lstrip(" ")
         if scheme.lower() != "bearer" or not TOKEN.fullmatch(token):
             return MALFORMED
         presented = hashlib.sha256(token.encode()).digest()

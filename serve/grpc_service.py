@@ -256,7 +256,9 @@ class InferenceService:
         status, code, response = 200, grpc.StatusCode.OK, None
         try:
             if method not in PUBLIC:
-                self._gate.check(GRPC_PROTOCOL, invocation.get("authorization"))
+                # Several entries are joined as HTTP joins repeated fields: refused, as on REST.
+                sent = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+                self._gate.check(GRPC_PROTOCOL, ", ".join(sent) or None)
             response = await handler(request, call)
         except asyncio.CancelledError:  # the client went away or its deadline passed
             seconds = time.perf_counter() - started

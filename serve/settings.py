@@ -109,7 +109,7 @@ SETTINGS = (
         "a file of bearer tokens, one a line (at least 16 characters each; several at once, to "
         "rotate one without downtime); requests to the models must then send Authorization: "
         "Bearer <token>, while probes, /metrics, / and the API page stay open; read at start and "
-        "on SIGHUP, with the models",
+        "on SIGHUP, with the models; set but blank stops the start, as it would open the models",
         path,
         None,
     ),
@@ -285,6 +285,11 @@ class Settings:
         value = {setting.name: setting.read(env) for setting in SETTINGS}
         # One worker per core: each runs onnxruntime on one thread, so they never oversubscribe.
         workers = value["WORKERS"] or value["WEB_CONCURRENCY"] or os.cpu_count() or 1
+        if value["AUTH_TOKENS_FILE"] is None and "AUTH_TOKENS_FILE" in env:
+            # Blank counts as unset everywhere else; here it would open the models silently.
+            raise StartupError(
+                "AUTH_TOKENS_FILE is blank: name the token file, or unset it to ask no tokens"
+            )
         metrics_port = value["METRICS_PORT"]
         for other in ("PORT", "GRPC_PORT"):
             if metrics_port is not None and metrics_port == value[other]:

@@ -1,9 +1,14 @@
 """Bearer tokens and the metrics port on the real server: tritonclient over HTTP and gRPC with
 and without its header, a rotation by SIGHUP with no request refused, a broken token file kept
-out by the reload, probes and the metrics port open, and no token ever in the server's output."""
+out by the reload, probes and the metrics port open, and no token ever in the server's output.
+And against a hostile client: a refusal reads no body, /metrics spelled with more slashes stays on
+its port, a token in a header the parser refuses is not answered back, a WebSocket upgrade is
+refused without an error."""
 
 import json
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from harness.load import Call, Tally, load_during
-from harness.server import ServerProcess, free_port
+from harness.server import ServerProcess, free_port, request
 from support.examples import ROWS
 from support.served import wait_until
 
@@ -25,13 +30,15 @@ pytestmark = pytest.mark.e2e
 FIRST = "first-droid-token-0123456789"
 SECOND = "second-droid-token-abcdefghij"
 REJECTED = "never-accepted-token-0123456789"
+BODY = json.dumps({"crystalData": ROWS}).encode()
 
 
 class Guarded:
-    def __init__(self, live: ServerProcess, tokens: Path, metrics_url: str):
+    def __init__(self, live: ServerProcess, tokens: Path, metrics_port: int):
         self.live = live
         self.tokens = tokens
-        self.metrics_url = metrics_url
+        self.metrics_port = metrics_port
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
     def predict(self, token: str | None) -> requests.Response:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -65,7 +72,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
         {"AUTH_TOKENS_FILE": str(tokens), "METRICS_PORT": str(metrics_port)}
     ).wait_ready()
     try:
-        yield Guarded(live, tokens, f"http://127.0.0.1:{metrics_port}/metrics")
+        yield Guarded(live, tokens, metrics_port)
     finally:
         assert live.stop() == 0
         output = live.output
@@ -125,11 +132,76 @@ def test_metrics_are_on_their_own_port_and_count_the_refusals(guarded: Guarded) 
     )
 
 
+def first_answer(port: int, head: str) -> bytes:
+    """What the server writes first after a request head, on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode("latin-1"))
+        return sock.recv(65536)
+
+
+def expecting(length: int, authorization: str = "") -> str:
+    return (
+        "POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{authorization}Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+    )
+
+
+def test_a_request_without_a_token_is_refused_before_its_body_is_asked_for(
+    guarded: Guarded,
+) -> None:
+    """A client that waits for 100 Continue is refused at once and never sends its gigabyte;
+    with a token the same head is asked for its body."""
+    started = time.perf_counter()
+    refused = first_answer(guarded.live.port, expecting(10**9))
+    assert refused.startswith(b"HTTP/1.1 401 "), refused[:100]
+    assert time.perf_counter() - started < 2
+    accepted = first_answer(
+        guarded.live.port, expecting(len(BODY), f"Authorization: Bearer {FIRST}\r\n")
+    )
+    assert accepted == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", ["//metrics", "/%2Fmetrics"])
+def test_metrics_spelled_with_more_slashes_stay_on_the_metrics_port(
+    guarded: Guarded, path: str
+) -> None:
+    assert request(guarded.live.port, "GET", path)[0] == 404
+    assert request(guarded.metrics_port, "GET", path)[0] == 200
+
+
+@pytest.mark.parametrize("value", [f"Bearer {FIRST}\x1f", f"Bearer\r\n {FIRST}"])
+def test_a_token_in_a_header_the_parser_refuses_is_not_answered_back(
+    guarded: Guarded, value: str
+) -> None:
+    """Control characters and obs-fold are refused by the parser (400); its answer, like the
+    server's output (checked when the module's server stops), holds no token."""
+    head = f"GET /v2/models/sklearn HTTP/1.1\r\nHost: x\r\nAuthorization: {value}\r\n\r\n"
+    answer = first_answer(guarded.live.port, head)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert FIRST.encode() not in answer
+
+
+@pytest.mark.parametrize("path", ["/v2/models/sklearn", "/sklearn", "/metrics"])
+def test_a_websocket_upgrade_is_refused_without_an_error(guarded: Guarded, path: str) -> None:
+    """No route speaks WebSocket (nor does the token check see one): an upgrade is refused with
+    403, not answered 500 with a traceback in the log."""
+    logged = len(guarded.live.output)
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    answer = first_answer(guarded.live.port, head)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:100]
+    assert '"level":"error"' not in guarded.live.output[logged:]
+
+
 def reload_under_load(guarded: Guarded, text: str, token: str) -> Tally:
     """The reload to `text`, while two clients keep predicting with `token`."""
     header = (("Authorization", f"Bearer {token}"),)
-    calls = [Call("/sklearn", json.dumps({"crystalData": ROWS}).encode(), 200, headers=header)]
-    with load_during(guarded.live.url, calls, clients=2) as outcome:
+    calls = [Call("/sklearn", BODY, 200, headers=header)]
+    # A connection per request, as the soak's clients: an old worker that exits closes its idle
+    # kept-alive connections, which a client can race with its next request.
+    with load_during(guarded.live.url, calls, clients=2, keep_alive=False) as outcome:
         guarded.reload(text)
     tally, _ = outcome[0]
     return tally

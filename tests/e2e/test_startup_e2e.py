@@ -143,6 +143,11 @@ REFUSALS = {
         "AUTH_TOKENS_FILE {folder}/tokens cannot be read: No such file or directory",
         whole=True,
     ),
+    "blank-tokens-file-setting": Refusal(
+        given({"AUTH_TOKENS_FILE": " "}),
+        "AUTH_TOKENS_FILE is blank: name the token file, or unset it to ask no tokens",
+        whole=True,
+    ),
     "empty-tokens-file": Refusal(empty_tokens_file, "AUTH_TOKENS_FILE {folder}/tokens holds no"),
     "tampered-model": Refusal(tampered_model, "model pytorch: checksum mismatch"),
     "no-labels-file": Refusal(

@@ -1,5 +1,8 @@
 """Bearer tokens (serve/auth.py) and the metrics port, in-process: the token file, the check,
-which routes of every protocol ask for a token, the answers and what is counted and logged."""
+which routes of every protocol ask for a token, the answers and what is counted and logged; and
+against a hostile client: path and method variants of guarded routes, doubled Authorization
+headers, bytes around a token that are not HTTP's whitespace, a byte order mark in the token
+file, /metrics spelled with more slashes on the inference port."""
 
 import hashlib
 import json
@@ -247,3 +250,80 @@ def test_the_metrics_port_must_be_a_port_of_its_own(other: str) -> None:
     env = {"PORT": "3000", "GRPC_PORT": "8081", other: "9000", "METRICS_PORT": "9000"}
     with pytest.raises(StartupError, match=f"METRICS_PORT must differ from {other}, both are 9000"):
         Settings.from_env(env)
+
+
+# --- against a hostile client ---------------------------------------------------------------
+
+
+@pytest.fixture
+def split_client() -> testing.TestClient:
+    """Tokens asked, and /metrics on a port of its own."""
+    settings = Settings.from_env({"PORT": "3000", "METRICS_PORT": "8082"})
+    app = create_app(
+        {"sklearn": FakeClassifier(SKLEARN_ROWS)},
+        LABELS,
+        settings=settings,
+        tokens=tokens_of(TOKEN),
+    )
+    return testing.TestClient(app)
+
+
+@pytest.mark.parametrize("path", ["//metrics", "///metrics", "/%2Fmetrics"])
+def test_metrics_spelled_with_more_slashes_stay_on_the_metrics_port(
+    split_client: testing.TestClient, path: str
+) -> None:
+    """The router strips leading slashes: so does the port split."""
+    assert split_client.simulate_get(path, port=3000).status_code == 404
+    assert split_client.simulate_get(path, port=8082).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("HEAD", "/v2/models/sklearn"),
+        ("OPTIONS", "/v2/models/sklearn/infer"),
+        ("GET", "/sklearn"),
+        ("PUT", "/sklearn"),
+        ("FOO", "/v2/models/sklearn/config"),
+        ("POST", "//sklearn"),
+        ("POST", "/%73klearn"),
+        ("POST", "/v2/models/%73klearn/infer"),
+        ("GET", "//v2/models/sklearn/stats"),
+        ("GET", "/v2/models/unknown"),
+    ],
+)
+def test_any_method_and_spelling_of_a_guarded_route_asks_for_a_token(
+    split_client: testing.TestClient, method: str, path: str
+) -> None:
+    """The guard is the route's, not the responder's nor the path's: a method the route does not
+    answer, a path the router reads as the route, or an unknown model, are refused first."""
+    answer = split_client.simulate_request(method, path, port=3000)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == 'Bearer realm="crystal"'
+
+
+@pytest.mark.parametrize("order", [(TOKEN, ROTATED), (ROTATED, TOKEN), (TOKEN, TOKEN)])
+def test_two_authorization_headers_are_refused_whichever_comes_first(
+    split_client: testing.TestClient, order: tuple[str, str]
+) -> None:
+    headers = [("Authorization", f"Bearer {token}") for token in order]
+    answer = split_client.simulate_get("/v2/models/sklearn", headers=headers, port=3000)
+    assert answer.json == {"error": "the Authorization header must be Bearer <token>"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [f"Bearer {TOKEN}\xa0", f"Bearer {TOKEN}\x85", f"Bearer \xa0{TOKEN}", f"\x85Bearer {TOKEN}"],
+)
+def test_only_spaces_and_tabs_surround_an_accepted_token(header: str) -> None:
+    """Python's str.strip() also strips non-breaking spaces and NEL, which HTTP carries as field
+    bytes: the token sent is then not a token of the file."""
+    assert tokens_of(TOKEN).refusal(header) == "malformed"
+    assert tokens_of(TOKEN).refusal(f"\tBearer  {TOKEN} \t") is None
+
+
+def test_a_token_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Editors on Windows start UTF-8 files with one; it is no part of the first token."""
+    path = tmp_path / "tokens"
+    path.write_bytes(f"\ufeff{TOKEN}\r\n{ROTATED}\r\n".encode())
+    assert BearerTokens.read(path) == tokens_of(TOKEN, ROTATED)

@@ -368,3 +368,24 @@ def test_tokens_are_asked_in_the_authorization_metadata_of_all_but_the_probes() 
     logged = b"".join(lines)
     assert logged.count(b'"grpc_status":"UNAUTHENTICATED"') == 6
     assert token.encode() not in logged and other.encode() not in logged
+
+
+def test_two_authorization_entries_are_refused_whichever_comes_first() -> None:
+    """As REST refuses two Authorization headers: which of the two would count is ambiguous."""
+    token, other = "droid-token-0123456789", "droid-token-abcdefghij"
+    tokens = BearerTokens((hashlib.sha256(token.encode()).digest(),))
+    request = messages.METHODS["ModelMetadata"][0](name="sklearn")
+    codes = []
+
+    async def scenario(channel: grpc.aio.Channel) -> None:
+        for sent in ((token, other), (other, token), (token,)):
+            metadata = tuple(("authorization", f"Bearer {value}") for value in sent)
+            try:
+                await call(channel, "ModelMetadata", request, metadata)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+
+    serve_in_process({"sklearn": FakeClassifier(SKLEARN_ROWS)}, 16, scenario, tokens)
+    refused = grpc.StatusCode.UNAUTHENTICATED
+    assert codes == [refused, refused, grpc.StatusCode.OK]
