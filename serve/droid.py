@@ -18,6 +18,7 @@ import numpy as np
 
 from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
+from serve.decode import rows_array
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge, StartupError
 from serve.protocol import AddRoute, Examples, InferencePath
 from serve.registry import WARM_UP_ROW
@@ -78,7 +79,7 @@ class CrystalDecoder:
             raise PayloadTooLarge(
                 f"crystalData has {len(rows)} rows, the limit is {self._max_rows}", model
             )
-        return np.array(rows, dtype=np.float64)
+        return rows_array(rows)
 
     def crystal_data(self, body: bytes) -> np.ndarray:
         """The rows of a /<model> body."""

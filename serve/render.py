@@ -1,4 +1,5 @@
-"""JSON text of float arrays without a Python float per value.
+"""The answers' values straight from their arrays: JSON text without a Python float per value,
+and the binary tensor data extension's bytes without a copy where one costs.
 
 orjson writes a float64 array's values natively with the same shortest round-trip digits as
 msgspec writes a Python float; the one difference is the exponent's sign, `1e+16` where msgspec
@@ -18,6 +19,10 @@ POSITIONAL = 1e15
 # Sizes (values) from which writing from the array beats Python floats, measured in one run.
 FLOAT_ARRAY_MIN = 256
 SCORE_ROWS_MIN = 512
+# Bytes from which a binary output is joined from its array's buffer; in one run, joined after a
+# 200-byte header: 1 row of 3 float64 0.17 µs copied against 0.34 µs viewed, 1,000 rows 1.8
+# against 1.4 µs, 100,000 rows 1,957 against 184 µs.
+BINARY_VIEW_MIN = 65536
 
 
 def json_floats(values: np.ndarray) -> list[float] | msgspec.Raw:
@@ -61,3 +66,12 @@ class ScoreRows:
         parts[0] = self._first
         parts.append(b"}]")
         return b"".join(parts)
+
+
+def binary_values(values: np.ndarray) -> bytes | memoryview:
+    """The bytes of `values` in C order, as `tobytes()` gives them, for the binary tensor data
+    extension. From BINARY_VIEW_MIN bytes they are read from the array itself: the answer is
+    joined from it without a copy of its own; below it the copy costs less than the view."""
+    if values.nbytes < BINARY_VIEW_MIN or not values.flags.c_contiguous:
+        return values.tobytes()
+    return values.data.cast("B")

@@ -24,10 +24,11 @@ from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.classifier import Classifier
 from serve.contract import INPUT_NAME, N_FEATURES, OUTPUT_NAME
+from serve.decode import FLOAT64, model_batch, rows_array
 from serve.errors import BadRequest, InvalidCrystalData, PayloadTooLarge
 from serve.protocol import AddRoute, Examples, InferencePath, send_json
 from serve.registry import WARM_UP_ROW, ModelRegistry
-from serve.render import json_floats
+from serve.render import binary_values, json_floats
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.runner import BatchRunner
 from serve.settings import Limits
@@ -102,9 +103,9 @@ class InferDecoder:
         """(id, batch, requested outputs). `header_length` is the binary extension's
         Inference-Header-Content-Length, if sent."""
         if header_length is None:
-            header, binary = body, b""
-        elif 0 < header_length <= len(body):
-            header, binary = body[:header_length], body[header_length:]
+            header, binary = body, memoryview(b"")
+        elif 0 < header_length <= len(body):  # the values stay in the body: a view of them
+            header, binary = body[:header_length], memoryview(body)[header_length:]
         else:
             raise BadRequest(f"{BINARY_HEADER} must lie within the body")
         try:
@@ -122,7 +123,7 @@ class InferDecoder:
         outputs = self._outputs(request.outputs, flag(request.parameters, "binary_data_output"))
         return request.id, self._batch(request.inputs, binary), outputs
 
-    def _batch(self, inputs: list[_Tensor], binary: bytes) -> np.ndarray:
+    def _batch(self, inputs: list[_Tensor], binary: memoryview) -> np.ndarray:
         dtype = input_dtype([(t.name, t.datatype, t.shape, t.parameters) for t in inputs])
         tensor = inputs[0]
         if "binary_data_size" in tensor.parameters:
@@ -138,9 +139,14 @@ class InferDecoder:
             values = (self._nested if nested else self._flat).decode(data)
         except DECODE_ERRORS as exc:
             raise BadRequest(f"input data: {exc}".replace("`$", "`$.inputs[0].data")) from None
-        return np.array(values, dtype=dtype)
+        batch = rows_array(values) if nested else np.array(values, dtype=FLOAT64)
+        if dtype != FLOAT64:  # FP32: a value within the bound may lie past float32's range
+            with np.errstate(over="ignore"):
+                batch = batch.astype(dtype)
+            check_bounds(batch, self._bound)
+        return batch
 
-    def _binary(self, tensor: _Tensor, binary: bytes, dtype: np.dtype) -> np.ndarray:
+    def _binary(self, tensor: _Tensor, binary: memoryview, dtype: np.dtype) -> np.ndarray:
         """Raw little-endian values; checked here as msgspec checks JSON values."""
         size = tensor.parameters["binary_data_size"]
         if not isinstance(size, int) or size != len(binary) or size % dtype.itemsize:
@@ -191,12 +197,15 @@ def shaped_batch(values: np.ndarray, shape: Sequence[int], max_rows: int) -> np.
         )
     if shape[0] > max_rows:
         raise PayloadTooLarge(f"input has {shape[0]} rows, the limit is {max_rows}")
-    return values.reshape(shape[0], N_FEATURES).astype(np.float64)
+    return model_batch(values, shape[0])
 
 
 def check_bounds(values: np.ndarray, bound: float) -> None:
-    """Raw values (binary tensors, gRPC contents) checked as msgspec checks JSON values."""
-    outside = ~(np.abs(values) <= bound)  # NaN compares False: it is outside too
+    """Values checked as msgspec checks JSON ones: binary tensors, gRPC contents, and JSON
+    values narrowed to FP32."""
+    # NaN compares False: it is outside too. The bound as a float64: a Python float would be cast
+    # to FP32 values' dtype, where a bound past float32's range becomes infinity and admits it.
+    outside = ~(np.abs(values) <= np.float64(bound))
     if outside.any():
         index = int(np.argmax(outside))
         raise BadRequest(f"input value {index} is not a finite number within ±{bound:g}")
@@ -367,7 +376,7 @@ def render_answer(
         elif output.name == OUTPUT_NAME:
             datatype, shape = DATATYPES[model.output_dtype], list(probabilities.shape)
             values = probabilities.astype(model.output_dtype, copy=False)
-            raw = values.tobytes() if output.binary else None
+            raw = binary_values(values) if output.binary else None
             data = None if output.binary else json_floats(probabilities)
         else:
             datatype, shape, data = "BYTES", [len(predicted)], predicted

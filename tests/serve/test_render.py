@@ -11,10 +11,12 @@ import pytest
 from serve.classifier import Classifier
 from serve.droid import AnswerRenderer
 from serve.render import (
+    BINARY_VIEW_MIN,
     FLOAT_ARRAY_MIN,
     POSITIONAL,
     SCORE_ROWS_MIN,
     ScoreRows,
+    binary_values,
     float_array,
     json_floats,
 )
@@ -244,3 +246,30 @@ def test_score_rows_are_the_structs_text_at_every_size(labels: tuple[str, ...]) 
 def test_score_rows_refuse_a_width_other_than_the_labels() -> None:
     with pytest.raises(ValueError, match="2 score columns for 3 labels"):
         ScoreRows(LABELS)(np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_binary_values_are_the_arrays_bytes_read_in_place_when_large(dtype: type) -> None:
+    """The bytes `tobytes()` gives at every size; from BINARY_VIEW_MIN bytes on, read from the
+    array itself; a column slice (not C-contiguous) is copied in C order."""
+    rng = np.random.default_rng(RNG_SEED)
+    row_bytes = 3 * np.dtype(dtype).itemsize
+    for rows in (0, 1, BINARY_VIEW_MIN // row_bytes, BINARY_VIEW_MIN // row_bytes + 1, 10_000):
+        values = rng.random((rows, 3)).astype(dtype)
+        raw = binary_values(values)
+        assert bytes(raw) == values.tobytes() and len(raw) == values.nbytes
+        in_place = np.shares_memory(np.frombuffer(raw, dtype=np.uint8), values)
+        assert in_place == (values.nbytes >= BINARY_VIEW_MIN)
+    columns = rng.random((10_000, 4)).astype(dtype)[:, :3]
+    assert binary_values(columns) == columns.tobytes()
+
+
+@pytest.mark.parametrize("output_dtype", [np.float64, np.float32])
+def test_a_large_binary_answer_matches_the_reference_byte_for_byte(output_dtype: type) -> None:
+    model = FakeClassifier(SKLEARN_ROWS, output_dtype)
+    probabilities = value_sets(len(LABELS))["softmax"].repeat(10, axis=0)
+    assert probabilities.astype(output_dtype).nbytes >= BINARY_VIEW_MIN
+    predicted = [LABELS[i % len(LABELS)] for i in range(len(probabilities))]
+    for outputs in OUTPUT_CHOICES.values():
+        given = ("m", model, "7", probabilities, predicted, LABELS, outputs)
+        assert render_answer(*given) == reference_render_answer(*given)
