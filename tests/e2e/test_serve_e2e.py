@@ -224,7 +224,8 @@ def test_every_line_of_a_full_run_is_json(whole_run: WholeRun) -> None:
     assert loggers == {"serve", "gunicorn.error", "serve.access"}
     assert {"ts", "level", "logger", "message", "pid"} <= set.intersection(*map(set, lines))
     messages = [line["message"] for line in lines]
-    assert messages[:3] == ["model", "model", "Starting gunicorn 27.0.1"]
+    tokens_off = "bearer tokens off (AUTH_TOKENS_FILE unset): the models answer every caller"
+    assert messages[:4] == ["model", "model", tokens_off, "Starting gunicorn 27.0.1"]
     assert messages[-1] == "Shutting down: Master"
     manifest = json.loads((REPO_ROOT / "onnx_models" / "manifest.json").read_text())["models"]
     for line in lines[:2]:
