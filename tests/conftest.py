@@ -8,6 +8,13 @@ import pytest
 from harness.server import REPO_ROOT, ServerProcess
 
 HANDOUT_DIR = REPO_ROOT.parent / "shared" / "handout"
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/serve first, each module's tests still together and in order: those in-process tests
+    show a failure within seconds, and they run before any server is started."""
+    items.sort(key=lambda item: not item.path.is_relative_to(TESTS / "serve"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The frameworks the export reads, one module each, in one table.
 
-A module supplies a Framework (see base.py): how to recognise, load, convert and check its models.
+A module supplies its Framework by names (Framework.of in base.py): NAME, FILES and a function
+for each step, how to recognise, load, convert and check its models.
 A model of a known framework needs no code, only --model NAME=PATH; a new framework is a new
 module and one entry in FRAMEWORKS.
 """
@@ -9,6 +10,5 @@ from export.frameworks import onnx_file, pytorch, sklearn
 from export.frameworks.base import Framework
 
 FRAMEWORKS: dict[str, Framework] = {
-    framework.name: framework
-    for framework in (sklearn.FRAMEWORK, pytorch.FRAMEWORK, onnx_file.FRAMEWORK)
+    framework.name: framework for framework in map(Framework.of, (sklearn, pytorch, onnx_file))
 }

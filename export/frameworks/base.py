@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,24 @@ class Framework:
     # Whether `predict` runs the original model. A ready-made ONNX graph's original is not here:
     # `predict` runs the graph as given, and only a --reference says what the original gives.
     runs_original: bool = True
+
+    @classmethod
+    def of(cls, module: ModuleType) -> "Framework":
+        """The framework a module supplies: its NAME and FILES, a function named after each step,
+        and RUNS_ORIGINAL where that is False."""
+        return cls(
+            name=module.NAME,
+            files=module.FILES,
+            recognises=module.recognises,
+            load=module.load,
+            family=module.family,
+            dtype=module.dtype,
+            versions=module.versions,
+            to_onnx=module.to_onnx,
+            predict=module.predict,
+            tolerance=module.tolerance,
+            runs_original=getattr(module, "RUNS_ORIGINAL", True),
+        )
 
 
 @dataclass(frozen=True)

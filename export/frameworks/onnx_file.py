@@ -19,11 +19,13 @@ from google.protobuf.message import DecodeError
 from export.classes import N_CLASSES, class_problem
 from export.errors import SourceModelError, first_line
 from export.frameworks import sklearn as sklearn_framework
-from export.frameworks.base import Framework
 from export.parity import FLOAT32, Tolerance
 from serve.contract import BATCH_DIM, INPUT_NAME, N_FEATURES, OUTPUT_NAME
 
 NAME = "onnx"
+FILES = "an ONNX graph"
+# The original model is not here: `predict` runs the graph as given (see Framework.runs_original).
+RUNS_ORIGINAL = False
 DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 # ai.onnx.ml classifiers (and ZipMap) name their classes in one of these attributes.
 CLASS_LABELS = ("classlabels_strings", "classlabels_int64s")
@@ -189,6 +191,15 @@ def family(graph: Graph) -> str:
     return f"ONNX({producer or 'unknown producer'})"
 
 
+def dtype(graph: Graph) -> type[np.floating]:
+    return graph.dtype
+
+
+def versions(graph: Graph) -> dict[str, str]:
+    """None: the graph was converted before it came here."""
+    return {}
+
+
 def to_onnx(graph: Graph) -> onnx.ModelProto:
     """The graph with its input and probabilities output under the contract's names."""
     model = copy.deepcopy(graph.model)
@@ -231,18 +242,3 @@ def tolerance(converted: onnx.ModelProto) -> Tolerance:
     if converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
         return FLOAT32
     return sklearn_framework.tolerance(converted)
-
-
-FRAMEWORK = Framework(
-    name=NAME,
-    files="an ONNX graph",
-    recognises=recognises,
-    load=load,
-    family=family,
-    dtype=lambda graph: graph.dtype,
-    versions=lambda graph: {},
-    to_onnx=to_onnx,
-    predict=predict,
-    tolerance=tolerance,
-    runs_original=False,
-)

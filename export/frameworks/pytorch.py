@@ -27,7 +27,6 @@ from torch import nn
 
 from export.classes import N_CLASSES
 from export.errors import SourceModelError, first_line, shortened
-from export.frameworks.base import Framework
 from export.network import CrystalNet
 from export.parity import FLOAT32, FLOAT64, Tolerance
 from export.warned import kept_logs, logged_exception
@@ -35,6 +34,7 @@ from serve.contract import BATCH_DIM, INPUT_NAME, N_FEATURES, OUTPUT_NAME
 from serve.settings import Limits
 
 NAME = "pytorch"
+FILES = "a PyTorch file (torch.save, torch.jit.save or torch.export.save)"
 # The TorchScript exporter's opset (state_dicts and TorchScript files).
 OPSET = 17
 # The lowest opset torch's exporter for programs writes.
@@ -282,6 +282,10 @@ def family(network: Network) -> str:
     return network.family
 
 
+def dtype(network: Network) -> type[np.floating]:
+    return network.dtype
+
+
 def versions(network: Network) -> dict[str, str]:
     """torch, and onnxscript where torch's exporter for programs converted the network."""
     found = {"torch": torch.__version__}
@@ -356,17 +360,3 @@ def tolerance(graph: onnx.ModelProto) -> Tolerance:
     and 1.1e-5 beyond) or float64 (the same operations as torch, in the same precision)."""
     double = graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
     return FLOAT64 if double else FLOAT32
-
-
-FRAMEWORK = Framework(
-    name=NAME,
-    files="a PyTorch file (torch.save, torch.jit.save or torch.export.save)",
-    recognises=recognises,
-    load=load,
-    family=family,
-    dtype=lambda network: network.dtype,
-    versions=versions,
-    to_onnx=to_onnx,
-    predict=predict,
-    tolerance=tolerance,
-)

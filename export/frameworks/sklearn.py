@@ -23,12 +23,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from export.classes import class_problem
 from export.errors import SourceModelError, first_line
-from export.frameworks.base import Framework
 from export.frameworks.pytorch import LEGACY_TORCH_SAVE
 from export.parity import FLOAT64, Band, Tolerance
 from serve.contract import INPUT_NAME, N_FEATURES
 
 NAME = "sklearn"
+FILES = "a pickle (joblib.dump)"
 # skl2onnx writes the lowest opsets each graph needs, up to these.
 TARGET_OPSETS = {"": 17, "ai.onnx.ml": 3}
 # Every pickle of protocol 2 or later starts with the PROTO opcode; joblib.dump writes protocol 4
@@ -118,6 +118,14 @@ def family(model: Any) -> str:
     return type(model).__name__
 
 
+def dtype(model: Any) -> type[np.floating]:
+    return np.float64
+
+
+def versions(model: Any) -> dict[str, str]:
+    return {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__}
+
+
 def to_onnx(model: Any) -> onnx.ModelProto:
     """A float64 graph (DoubleTensorType), so that onnxruntime reproduces predict_proba to the last
     bits wherever its ops compute in double precision."""
@@ -148,17 +156,3 @@ def tolerance(graph: onnx.ModelProto) -> Tolerance:
     if ops & SVM_OPS:
         return Tolerance(SVMS.bands, threshold_flips=bool(ops & TREE_OPS))
     return TREES if ops & TREE_OPS else FLOAT64
-
-
-FRAMEWORK = Framework(
-    name=NAME,
-    files="a pickle (joblib.dump)",
-    recognises=recognises,
-    load=load,
-    family=family,
-    dtype=lambda model: np.float64,
-    versions=lambda model: {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__},
-    to_onnx=to_onnx,
-    predict=predict,
-    tolerance=tolerance,
-)

@@ -43,7 +43,12 @@ def upstream_definition(url: str, path: Path) -> Path:
 
 
 def schemathesis(schema: str, cwd: Path, *options: str) -> subprocess.Popen[str]:
-    """Starts the CLI with every check, in its own folder (it keeps its examples there)."""
+    """Starts the CLI with every check, in its own folder (it keeps its examples there).
+
+    Every phase runs on every operation. The coverage phase brings each operation's boundary and
+    invalid values whatever the count; 25 fuzzed examples an operation on top of them, with the
+    seed fixed, still reach every API link the served spec has in the stateful phase and pass
+    the counts asserted below (about 1,400 cases for the served spec, 600 for the upstream one)."""
     cwd.mkdir()
     return subprocess.Popen(
         [
@@ -53,7 +58,7 @@ def schemathesis(schema: str, cwd: Path, *options: str) -> subprocess.Popen[str]
             "run",
             schema,
             "--max-examples",
-            "100",
+            "25",
             "--seed",
             "20261123",
             "--suppress-health-check",

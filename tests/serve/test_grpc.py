@@ -4,9 +4,10 @@ real grpc.aio server started through the app's lifespan."""
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -249,6 +250,19 @@ def call(
     )(request, metadata=metadata)
 
 
+@contextmanager
+def lone_master() -> Iterator[int]:
+    """The pid of a process without children, as the gRPC master: a stop hands over to nobody.
+    The test process itself would not do: a server an end-to-end test started is its child, and
+    each stop would wait GRACEFUL_TIMEOUT for it to listen on the port."""
+    process = subprocess.Popen(["sleep", "300"])
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
 def serve_in_process(
     models: dict, runner_cap: int, scenario, tokens: BearerTokens | None = None
 ) -> list[bytes]:
@@ -261,9 +275,9 @@ def serve_in_process(
     runner = BatchRunner(0, runner_cap, metrics)
     path = InferencePath(registry, settings.limits, runner, metrics, TokenGate(tokens, metrics))
     service = InferenceService(path, AccessLog(lines.append), log_probes=False)
-    server = GrpcServer(service, registry.all_ready, settings, os.getpid())
 
-    async def run() -> None:
+    async def run(master: int) -> None:
+        server = GrpcServer(service, registry.all_ready, settings, master)
         await server.process_startup({}, {})
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -271,7 +285,8 @@ def serve_in_process(
         finally:
             await server.process_shutdown({}, {})
 
-    asyncio.run(run())
+    with lone_master() as master:
+        asyncio.run(run(master))
     return lines
 
 
@@ -298,39 +313,44 @@ def test_the_app_serves_grpc_and_health_through_its_lifespan() -> None:
     port = free_port()
     metrics = Metrics()
     lines: list[bytes] = []
-    app = create_app(
-        {"sklearn": FakeClassifier(SKLEARN_ROWS)},
-        LABELS,
-        metrics=metrics,
-        access_log=AccessLog(lines.append),
-        settings=Settings.from_env({"HOST": "127.0.0.1", "GRPC_PORT": str(port)}),
-        grpc_master=os.getpid(),  # no other children: nobody to hand over to
-    )
+    with lone_master() as master:
+        app = create_app(
+            {"sklearn": FakeClassifier(SKLEARN_ROWS)},
+            LABELS,
+            metrics=metrics,
+            access_log=AccessLog(lines.append),
+            settings=Settings.from_env({"HOST": "127.0.0.1", "GRPC_PORT": str(port)}),
+            grpc_master=master,
+        )
 
-    async def scenario() -> None:
-        async with (
-            testing.ASGIConductor(app),
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-        ):
-            assert (await call(channel, "ServerReady", messages.METHODS["ServerReady"][0]())).ready
-            answer = await call(channel, "ModelInfer", infer_request(ROWS, id="a1"))
-            assert answer.id == "a1"
-            assert list(answer.outputs[0].contents.fp64_contents) == (
-                np.array(SKLEARN_ROWS)[[0, 1, 0]].ravel().tolist()
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call(channel, "ModelMetadata", messages.METHODS["ModelMetadata"][0](name="x"))
-            assert caught.value.code() is grpc.StatusCode.NOT_FOUND
-            assert caught.value.details() == "no model named 'x'"
-            checks = health_pb2_grpc.HealthStub(channel)
-            for service in ("", messages.SERVICE):
-                answer = await checks.Check(health_pb2.HealthCheckRequest(service=service))
-                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        async def scenario() -> None:
+            async with (
+                testing.ASGIConductor(app),
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+            ):
+                assert (
+                    await call(channel, "ServerReady", messages.METHODS["ServerReady"][0]())
+                ).ready
+                answer = await call(channel, "ModelInfer", infer_request(ROWS, id="a1"))
+                assert answer.id == "a1"
+                assert list(answer.outputs[0].contents.fp64_contents) == (
+                    np.array(SKLEARN_ROWS)[[0, 1, 0]].ravel().tolist()
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(
+                        channel, "ModelMetadata", messages.METHODS["ModelMetadata"][0](name="x")
+                    )
+                assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+                assert caught.value.details() == "no model named 'x'"
+                checks = health_pb2_grpc.HealthStub(channel)
+                for service in ("", messages.SERVICE):
+                    answer = await checks.Check(health_pb2.HealthCheckRequest(service=service))
+                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
-    asyncio.run(scenario())
-    infer = metrics.totals().values(REQUESTS)
-    assert infer[("grpc", f"/{messages.SERVICE}/ModelInfer", "POST", "sklearn", "200")] == 1
-    assert any(b'"path":"/inference.GRPCInferenceService/ModelInfer"' in line for line in lines)
+        asyncio.run(scenario())
+        infer = metrics.totals().values(REQUESTS)
+        assert infer[("grpc", f"/{messages.SERVICE}/ModelInfer", "POST", "sklearn", "200")] == 1
+        assert any(b'"path":"/inference.GRPCInferenceService/ModelInfer"' in line for line in lines)
 
 
 def test_tokens_are_asked_in_the_authorization_metadata_of_all_but_the_probes() -> None:
