@@ -262,8 +262,9 @@ def test_expired_deadlines_leave_the_server_healthy(server: ServerProcess, worke
 
 def test_streams_beyond_max_in_flight_on_one_connection(server: ServerProcess, worker: int) -> None:
     """Sixty calls at once on one connection, whose HTTP/2 allows MAX_IN_FLIGHT streams: the
-    rest queue in the client or are answered UNAVAILABLE by the worker's cap, and every answer
-    that comes is the right one."""
+    rest queue in the client or are answered UNAVAILABLE, by the worker's cap or, for streams
+    the client opened before the server's SETTINGS reached it, by HTTP/2's REFUSED_STREAM (code
+    7: never processed); every answer that comes is the right one."""
     small, large = rows(5), rows(20_000)  # a large one goes to the inference thread
     with grpc.insecure_channel(server.grpc_url, options=OWN_CONNECTION) as channel:
         stub = stub_of(channel)
@@ -282,7 +283,9 @@ def test_streams_beyond_max_in_flight_on_one_connection(server: ServerProcess, w
             except grpc.RpcError as error:
                 codes[error.code()] += 1
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
-                assert f"more than {MAX_IN_FLIGHT} requests at work" in error.details()
+                assert f"more than {MAX_IN_FLIGHT} requests at work" in error.details() or (
+                    "RST_STREAM with error code 7" in error.details()
+                ), error.details()
                 continue
             codes[grpc.StatusCode.OK] += 1
             assert probabilities_of(response) == expected[len(batch)]
