@@ -77,10 +77,8 @@ chromium:
 			--no-install-recommends chromium || exit 1; \
 	else echo "chromium: missing and apt-get unavailable or not root"; fi
 
-# tests/serve in one process, then the rest on two pytest-xdist workers, a test file to a worker
-# (a module's server or export made once). tests/serve stays out of pytest-xdist: its in-process
-# apps start gRPC through the lifespan, whose stop waits until the other children of the process's
-# parent listen on the port (a reload's hand-over), and a worker's parent holds the other worker.
+# tests/serve first, in one process (in-process tests, about 25 s: they fail fast), then the rest
+# on two pytest-xdist workers, a test file to a worker (a module's server or export made once).
 test: lint monitoring-tools chromium
 	$(BIN)/python -m pytest tests/serve
 	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/serve

@@ -3,6 +3,7 @@ rows or a 4xx with a strict-JSON error body; never a 500, never NaN or Infinity.
 
 import json
 import math
+import os
 
 import msgspec
 import numpy as np
@@ -60,7 +61,10 @@ ENDPOINTS = ["/sklearn", "/pytorch", "/astromech"]
 
 @pytest.fixture(scope="module")
 def client() -> testing.TestClient:
-    return testing.TestClient(get_app(Settings.from_env()))
+    """The committed models as a worker loads them, gRPC off: the test client runs the app's
+    lifespan per request, and each stop of a gRPC server would wait GRACEFUL_TIMEOUT for the
+    other children of this process's parent (the gunicorn master in production) to listen."""
+    return testing.TestClient(get_app(Settings.from_env({**os.environ, "GRPC_PORT": "0"})))
 
 
 def strict(content: bytes) -> object:
