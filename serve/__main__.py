@@ -40,9 +40,10 @@ def announce(published: release.Release) -> None:
     tokens = published.tokens
     if tokens is None:
         message = "bearer tokens off (AUTH_TOKENS_FILE unset): the models answer every caller"
+        count = 0
     else:
         message = "bearer tokens on: the models answer requests with an accepted token"
-    count = 0 if tokens is None else len(tokens.digests)
+        count = len(tokens.digests)
     lines.append(json_line("info", "serve", message, {"accepted_tokens": count}))
     sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
     sys.stdout.flush()

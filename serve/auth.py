@@ -23,7 +23,6 @@ MIN_TOKEN_CHARS = 16
 REALM = 'Bearer realm="crystal"'
 # Why a request was refused, the `reason` label of crystal_unauthenticated_requests_total.
 MISSING, MALFORMED, WRONG = "missing", "malformed", "wrong"
-REASONS = (MISSING, MALFORMED, WRONG)
 
 
 class Unauthorized(ServiceError):
@@ -38,7 +37,6 @@ class Unauthorized(ServiceError):
 
     def __init__(self, reason: str):
         super().__init__(self.MESSAGES[reason])
-        self.reason = reason
         # RFC 6750, 3.1: a presented token that fails says so; no credentials get the bare
         # challenge.
         error = ', error="invalid_token"' if reason == WRONG else ""
@@ -102,14 +100,14 @@ class TokenGate:
     """The one check every protocol calls before a guarded route: open without tokens."""
 
     def __init__(self, tokens: BearerTokens | None, metrics: Metrics):
-        self.tokens = tokens
+        self._tokens = tokens
         self._metrics = metrics
 
     def check(self, protocol: str, authorization: str | None) -> None:
         """Raises Unauthorized, counted by protocol and reason, unless the token is accepted."""
-        if self.tokens is None:
+        if self._tokens is None:
             return
-        reason = self.tokens.refusal(authorization)
+        reason = self._tokens.refusal(authorization)
         if reason is not None:
             self._metrics.unauthenticated(protocol, reason)
             raise Unauthorized(reason)

@@ -247,7 +247,8 @@ class InferenceService:
     ) -> Any:
         """One RPC, with REST's telemetry: the metrics and the access line."""
         started = time.perf_counter()
-        invocation = dict(context.invocation_metadata() or ())
+        metadata = context.invocation_metadata() or ()
+        invocation = dict(metadata)
         call = Call(self._ids.for_header(invocation.get(REQUEST_ID_KEY)))
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         probe = method in PROBES
@@ -257,7 +258,7 @@ class InferenceService:
         try:
             if method not in PUBLIC:
                 # Several entries are joined as HTTP joins repeated fields: refused, as on REST.
-                sent = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+                sent = [value for key, value in metadata if key == "authorization"]
                 self._gate.check(GRPC_PROTOCOL, ", ".join(sent) or None)
             response = await handler(request, call)
         except asyncio.CancelledError:  # the client went away or its deadline passed
