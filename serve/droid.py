@@ -20,9 +20,10 @@ from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.decode import rows_array
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge, StartupError
+from serve.fast_rows import plain_batch
 from serve.protocol import AddRoute, Examples, InferencePath
 from serve.registry import WARM_UP_ROW
-from serve.render import SCORE_ROWS_MIN, ScoreRows
+from serve.render import SCORE_ROWS_MAX_LABELS, SCORE_ROWS_MIN, ScoreRows
 from serve.request import MODEL_VERSION_HEADER, CrystalRequest
 from serve.settings import Limits
 
@@ -72,18 +73,27 @@ class CrystalDecoder:
         self._crystal = msgspec.json.Decoder(crystal)
         self._astromech = msgspec.json.Decoder(astromech)
         self._max_rows = limits.max_rows
+        self._bound = limits.max_abs_value
         self._model_names = model_names
 
-    def _as_batch(self, rows: list[tuple[float, ...]], model: str = "") -> np.ndarray:
-        if len(rows) > self._max_rows:
+    def _check_row_count(self, rows: int, model: str = "") -> None:
+        if rows > self._max_rows:
             raise PayloadTooLarge(
-                f"crystalData has {len(rows)} rows, the limit is {self._max_rows}", model
+                f"crystalData has {rows} rows, the limit is {self._max_rows}", model
             )
+
+    def _as_batch(self, rows: list[tuple[float, ...]], model: str = "") -> np.ndarray:
+        self._check_row_count(len(rows), model)
         return rows_array(rows)
 
     def crystal_data(self, body: bytes) -> np.ndarray:
-        """The rows of a /<model> body."""
+        """The rows of a /<model> body. A large plain body is read by serve/fast_rows.py into the
+        batch msgspec would give; msgspec decodes any other, or one that cannot be proved plain."""
         check_utf8(body)
+        batch = plain_batch(body, self._bound)
+        if batch is not None:
+            self._check_row_count(len(batch))
+            return batch
         try:
             rows = self._crystal.decode(body).crystalData
         except DECODE_ERRORS as exc:
@@ -112,8 +122,9 @@ class CrystalDecoder:
 class AnswerRenderer:
     """`{"prediction": [...], "scores": [{label: p}, ...]}`. Scores keep full float64 precision;
     float32 outputs are widened exactly, as `tolist()` widens them. Batches of SCORE_ROWS_MIN
-    values or more are written from the array (serve/render.py): there a Python float per value
-    costs more than the model; below it the struct per row is quicker. Same bytes either way."""
+    rows or more of up to SCORE_ROWS_MAX_LABELS labels are written from the array
+    (serve/render.py): there a Python float per value costs more than the model; for fewer rows
+    or more labels the struct per row is quicker. Same bytes either way."""
 
     def __init__(self, labels: Sequence[str]):
         # A struct per score row: lighter to build and to encode than a dict, same JSON.
@@ -121,10 +132,10 @@ class AnswerRenderer:
         self._scores = msgspec.defstruct(
             "Scores", fields, rename=dict(zip(fields, labels, strict=True))
         )
-        self._score_rows = ScoreRows(labels)
+        self._score_rows = ScoreRows(labels) if len(labels) <= SCORE_ROWS_MAX_LABELS else None
 
     def __call__(self, probabilities: np.ndarray, prediction: list[str]) -> bytes:
-        if probabilities.size >= SCORE_ROWS_MIN:
+        if self._score_rows is not None and len(probabilities) >= SCORE_ROWS_MIN:
             scores: Any = msgspec.Raw(self._score_rows(probabilities))
         else:
             struct = self._scores
