@@ -8,12 +8,14 @@ import msgspec
 import numpy as np
 import pytest
 
+from serve import render
 from serve.classifier import Classifier
 from serve.droid import AnswerRenderer
 from serve.render import (
     BINARY_VIEW_MIN,
     FLOAT_ARRAY_MIN,
     POSITIONAL,
+    SCORE_ROWS_MAX_LABELS,
     SCORE_ROWS_MIN,
     ScoreRows,
     binary_values,
@@ -153,22 +155,26 @@ def value_sets(width: int) -> dict[str, np.ndarray]:
 
 
 def fill(values: np.ndarray, width: int) -> np.ndarray:
-    """`values` as rows of `width`, repeated to at least SCORE_ROWS_MIN values when they are more
-    than one row, so that the path from the array is taken."""
+    """`values` as rows of `width`, repeated to at least SCORE_ROWS_MIN rows and FLOAT_ARRAY_MIN
+    values when they are more than one row, so that the paths from the array are taken."""
     if values.ndim == 2:
         return values
     rows = -(-len(values) // width)
     if rows > 1:
-        rows = max(rows, -(-SCORE_ROWS_MIN // width))
+        rows = max(rows, SCORE_ROWS_MIN, -(-FLOAT_ARRAY_MIN // width))
     return np.resize(values, rows * width).reshape(rows, width)
 
 
 WIDTHS = {
     "the served labels": LABELS,
     "one label": ("only",),
+    "two labels": ("no", "yes"),
     "labels beyond ascii": ("ünï©ødé 🤖", "<b>&amp;</b>", "it's / so", "\u2028", " "),
+    # As many as ScoreRows writes, each like a piece of the text it writes them into.
+    "labels like the text": ("null", "e+", "1e+16", ",", "a,null,b", "],[", "}]", ":"),
 }
-ESCAPED_LABELS = ('qu"ote', "back\\slash", "tab\there", "\x01", "")
+# Labels the struct refuses; ScoreRows escapes them, "\x00" and "\x01" among them.
+ESCAPED_LABELS = ('qu"ote', "back\\slash", "tab\there", "\x01", "", "\x00", 'e+",null,"')
 
 
 @pytest.mark.parametrize("labels", WIDTHS.values(), ids=WIDTHS.keys())
@@ -191,7 +197,8 @@ def test_labels_needing_escapes_are_refused_as_today_and_escaped_from_the_array(
 
 def test_both_paths_are_taken() -> None:
     sets = value_sets(len(LABELS))
-    assert sets["one row"].size < FLOAT_ARRAY_MIN <= SCORE_ROWS_MIN <= sets["edges"].size
+    assert len(sets["one row"]) < SCORE_ROWS_MIN <= len(sets["edges"])
+    assert sets["one row"].size < FLOAT_ARRAY_MIN <= sets["edges"].size
     assert isinstance(json_floats(sets["one row"]), list)
     assert isinstance(json_floats(sets["edges"]), msgspec.Raw)
     assert sets["powers"].max() >= POSITIONAL and sets["uniform"].max() < POSITIONAL
@@ -246,6 +253,108 @@ def test_score_rows_are_the_structs_text_at_every_size(labels: tuple[str, ...]) 
 def test_score_rows_refuse_a_width_other_than_the_labels() -> None:
     with pytest.raises(ValueError, match="2 score columns for 3 labels"):
         ScoreRows(LABELS)(np.zeros((1, 2)))
+
+
+def reference_rows(labels: Sequence[str], values: np.ndarray) -> bytes:
+    """`[{label: p}, ...]` through a dict of Python floats per row: any label, escaped or not."""
+    return _encoder.encode([dict(zip(labels, row, strict=True)) for row in values.tolist()])
+
+
+SIZES = (1, 2, SCORE_ROWS_MIN - 1, SCORE_ROWS_MIN, 1000, 10_000)
+SCORE_ROWS_LABELS = {**WIDTHS, "labels needing escapes": ESCAPED_LABELS}
+
+
+def sized_values(rows: int, width: int) -> dict[str, np.ndarray]:
+    """`rows` of `width` values: softmax scores as the models give them, in float64 and float32,
+    and the edge values (large exponents, subnormals, negatives) with NaN and infinities."""
+    rng = np.random.default_rng(RNG_SEED)
+    logits = rng.normal(size=(rows, width)) * 20
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax = exp / exp.sum(axis=1, keepdims=True)
+    edges = np.array([*EDGES, *(-x for x in EDGES), np.nan, np.inf, -np.inf])
+    return {
+        "softmax": softmax,
+        "softmax float32": softmax.astype(np.float32),
+        "edges": rng.choice(edges, size=(rows, width)),
+    }
+
+
+@pytest.mark.parametrize("labels", WIDTHS.values(), ids=WIDTHS.keys())
+def test_droid_answer_matches_the_reference_at_every_size(labels: tuple[str, ...]) -> None:
+    """On either side of SCORE_ROWS_MIN and far above it, at every width ScoreRows writes."""
+    render_answer, reference = AnswerRenderer(labels), reference_scores(labels)
+    for rows in SIZES:
+        prediction = [labels[i % len(labels)] for i in range(rows)]
+        for name, values in sized_values(rows, len(labels)).items():
+            assert render_answer(values, prediction) == reference(values, prediction), (rows, name)
+
+
+@pytest.mark.parametrize("labels", SCORE_ROWS_LABELS.values(), ids=SCORE_ROWS_LABELS.keys())
+def test_score_rows_match_the_reference_at_every_size(labels: tuple[str, ...]) -> None:
+    score_rows = ScoreRows(labels)
+    for rows in SIZES:
+        for name, values in sized_values(rows, len(labels)).items():
+            assert score_rows(values) == reference_rows(labels, values), (rows, name)
+
+
+def test_the_droid_answer_is_written_from_the_array_from_score_rows_min_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below SCORE_ROWS_MIN rows a struct per row; from it ScoreRows, its values written by
+    float_array in one call: neither path stands in for the other unseen."""
+    rows_given: list[int] = []
+    shapes_written: list[tuple[int, ...]] = []
+    score_rows = ScoreRows.__call__
+
+    def counted_score_rows(self: ScoreRows, probabilities: np.ndarray) -> bytes:
+        rows_given.append(len(probabilities))
+        return score_rows(self, probabilities)
+
+    def counted_float_array(values: np.ndarray) -> bytes:
+        shapes_written.append(values.shape)
+        return float_array(values)
+
+    monkeypatch.setattr(ScoreRows, "__call__", counted_score_rows)
+    monkeypatch.setattr(render, "float_array", counted_float_array)
+    render_answer, reference = AnswerRenderer(LABELS), reference_scores(LABELS)
+    for rows in (1, SCORE_ROWS_MIN - 1, SCORE_ROWS_MIN, 1000):
+        values = sized_values(rows, len(LABELS))["softmax"]
+        prediction = [LABELS[0]] * rows
+        assert render_answer(values, prediction) == reference(values, prediction)
+    assert rows_given == [SCORE_ROWS_MIN, 1000]
+    assert shapes_written == [(SCORE_ROWS_MIN, 3), (1000, 3)]
+
+
+def test_more_labels_than_score_rows_writes_are_rendered_by_the_struct() -> None:
+    labels = tuple(f"class {i}" for i in range(SCORE_ROWS_MAX_LABELS + 1))
+    with pytest.raises(ValueError, match=f"{len(labels)} labels, more than {len(labels) - 1}"):
+        ScoreRows(labels)
+    render_answer, reference = AnswerRenderer(labels), reference_scores(labels)
+    for name, values in sized_values(1000, len(labels)).items():
+        prediction = [labels[i % len(labels)] for i in range(len(values))]
+        assert render_answer(values, prediction) == reference(values, prediction), name
+
+
+@pytest.mark.parametrize("labels", WIDTHS.values(), ids=WIDTHS.keys())
+def test_non_finite_scores_are_null_as_today(labels: tuple[str, ...]) -> None:
+    """The classifier refuses them before an answer is rendered; were one to pass, it would be
+    `null`, as msgspec writes a NaN or an infinity, at its own place in the rows."""
+    width = len(labels)
+    values = sized_values(1000, width)["softmax"]
+    places = {(0, 0): np.nan, (0, width - 1): np.inf, (500, width // 2): -np.inf, (999, 0): np.nan}
+    for place, value in places.items():
+        values[place] = value
+    prediction = [labels[i % width] for i in range(len(values))]
+    answer = AnswerRenderer(labels)(values, prediction)
+    assert answer == reference_scores(labels)(values, prediction)
+    rows = msgspec.json.decode(answer)["scores"]
+    nulls = {
+        (row, labels.index(label))
+        for row, scores in enumerate(rows)
+        for label, score in scores.items()
+        if score is None
+    }
+    assert nulls == set(places)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
