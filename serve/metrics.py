@@ -206,10 +206,11 @@ class Snapshot(msgspec.Struct):
 
 
 class Histogram:
-    __slots__ = ("buckets", "counts", "sum")
+    __slots__ = ("buckets", "counts", "edges", "sum")
 
     def __init__(self, buckets: tuple[float, ...]):
         self.buckets = buckets
+        self.edges = np.array(buckets)  # for observe_many: numpy would convert the tuple per call
         self.counts = [0] * (len(buckets) + 1)
         self.sum = 0.0
 
@@ -218,7 +219,7 @@ class Histogram:
         self.sum += value
 
     def observe_many(self, values: np.ndarray) -> None:
-        indices = np.searchsorted(self.buckets, values, side="left")
+        indices = self.edges.searchsorted(values, side="left")
         for index, count in enumerate(np.bincount(indices, minlength=len(self.counts)).tolist()):
             self.counts[index] += count
         self.sum += float(values.sum())
