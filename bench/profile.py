@@ -43,6 +43,7 @@ RULES = (
     ("metrics (serve/metrics.py)", "serve/metrics.py", ""),
     ("access log line (serve/logs.py)", "serve/logs.py", ""),
     ("telemetry middleware (ids, cap, timing, log fields)", "serve/telemetry.py", ""),
+    ("JSON straight into the batch (simdjson)", "serve/fast_rows.py", ""),
     ("list -> np.array", "serve/decode.py", ""),
     ("list -> np.array", "serve/droid.py", "_as_batch"),
     ("answer build + encode", "serve/render.py", ""),
