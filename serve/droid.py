@@ -20,7 +20,7 @@ from serve import openapi
 from serve.body import DECODE_ERRORS, bounded_value, check_utf8, read_body
 from serve.decode import rows_array
 from serve.errors import InvalidCrystalData, InvalidModel, PayloadTooLarge, StartupError
-from serve.fast_rows import plain_batch
+from serve.fast_rows import plain_astromech, plain_batch
 from serve.protocol import AddRoute, Examples, InferencePath
 from serve.registry import WARM_UP_ROW
 from serve.render import SCORE_ROWS_MAX_LABELS, SCORE_ROWS_MIN, ScoreRows
@@ -104,9 +104,15 @@ class CrystalDecoder:
         """The chosen model and the rows of an /astromech body.
 
         An invalid model is reported before invalid data: when the typed decode fails, the body
-        is read again for its `model` field alone, to tell which of the two is at fault.
+        is read again for its `model` field alone, to tell which of the two is at fault. A large
+        plain body naming a served model is read as /<model> bodies are (serve/fast_rows.py).
         """
         check_utf8(body)
+        plain = plain_astromech(body, self._bound, self._model_names)
+        if plain is not None:
+            model, batch = plain
+            self._check_row_count(len(batch), model)
+            return model, batch
         try:
             request = self._astromech.decode(body)
         except DECODE_ERRORS as exc:

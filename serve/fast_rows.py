@@ -1,4 +1,5 @@
-"""Large plain /<model> bodies read straight into their batch, without a Python float per value.
+"""Large plain /<model> and /astromech bodies read straight into their batch, without a Python
+float per value.
 
 msgspec decodes `{"crystalData": [[...], ...]}` into a Python float per value, which
 serve/decode.py then copies into the batch: at 1,000 rows that is nearly all the time a request
@@ -9,27 +10,32 @@ proved to be one msgspec accepts, into the values msgspec gives; any other body 
 to msgspec, which decodes it or refuses it with its own message, naming the JSON path at fault.
 
 The proof, in this order:
-- the body without JSON's whitespace and the characters of numbers (`0-9 + - . e E`) is exactly
-  `{"crystalData":[` `[,,,]` `,[,,,]` (once per further row) `]}`: one key and no other string,
-  no escape, no `true`, `false` or `null`, no BOM nor any other byte, every row four scalars at
-  the one right depth;
+- the body without JSON's whitespace and the characters of numbers (`0-9 + - . e E`), its
+  skeleton, is exactly `{"crystalData":[` `[,,,]` `,[,,,]` (once per further row) `]}`: one key
+  and no other string, no escape, no `true`, `false` or `null`, no BOM nor any other byte, every
+  row four scalars at the one right depth. An /astromech body has one member more, before or
+  after the rows, whose skeleton is that of `"model":"<name>"` for a served model;
 - simdjson parses it and finds the key `crystalData` (not `crystal0Data`, say, whose skeleton is
   the same), so it is valid JSON and each scalar one valid JSON number (simdjson refuses numbers
-  past float64's range and integers past 64 bits: those are left to msgspec);
+  past float64's range and integers past 64 bits: those are left to msgspec); an /astromech
+  body's `model` is exactly a served model's name (a space inside it, say, leaves the skeleton
+  as it was: an unserved model is msgspec's to refuse);
 - every value lies within ±bound, as msgspec's `ge` and `le` check the float64 it decodes.
 Both parsers read every such number to the same float64, bit for bit: both round correctly, and
 both read the integer `-0` as 0.0 (tests/serve/test_decode.py holds them to it).
 
 A simdjson parser is not thread-safe, and it cannot parse again while a proxy of its last
-document lives: each thread has its own, and no proxy outlives the expression in `_values`,
-error or not. A parser takes about 13 times the size of the body it parses, and keeps it for
-the next: bodies past MAX_BYTES (some 25,000 rows) are left to msgspec, whose Python floats
-take about 4 times their size, so a worker's memory under the largest bodies is what it was,
-and each parser keeps at most some 13 MiB.
+document lives: each thread has its own, and no proxy outlives `_parsed`, error or not. A parser
+takes about 13 times the size of the body it parses, and keeps it for the next: bodies past
+MAX_BYTES (some 25,000 rows) are left to msgspec, whose Python floats take about 4 times their
+size, so a worker's memory under the largest bodies is what it was, and each parser keeps at
+most some 13 MiB.
 """
 
 import threading
+from functools import cache
 
+import msgspec
 import numpy as np
 import simdjson
 
@@ -41,8 +47,9 @@ from serve.contract import N_FEATURES
 MIN_BYTES = 2048
 MAX_BYTES = 1024 * 1024
 NUMBERS_AND_SPACE = b"0123456789+-.eE \t\n\r"
-FIRST_ROW, NEXT_ROW = b'{"crystalData":[[,,,]', b",[,,,]"
-END = b"]}"
+ROWS_KEY = b'"crystalData":'
+FIRST_ROW, NEXT_ROW, END = b"[[,,,]", b",[,,,]", b"]"
+PLAIN_SHAPE = frozenset({(b"{" + ROWS_KEY, b"}")})  # what a /<model> body holds around its rows
 # What pysimdjson raises for a document it cannot read as float64 values.
 PARSE_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, MemoryError)
 
@@ -50,30 +57,78 @@ _local = threading.local()
 
 
 def plain_batch(body: bytes, bound: float) -> np.ndarray | None:
-    """The [rows, N_FEATURES] float64 batch msgspec decodes from `body`, or None when the body is
-    outside MIN_BYTES to MAX_BYTES or not proved plain and within ±bound."""
+    """The [rows, N_FEATURES] float64 batch msgspec decodes from a /<model> `body`, or None when
+    the body is outside MIN_BYTES to MAX_BYTES or not proved plain and within ±bound."""
     if not MIN_BYTES <= len(body) <= MAX_BYTES:
         return None
-    skeleton = body.translate(None, NUMBERS_AND_SPACE)
-    further = (len(skeleton) - len(FIRST_ROW) - len(END)) // len(NEXT_ROW)
-    if skeleton != FIRST_ROW + NEXT_ROW * further + END:
+    rows = _rows(body, PLAIN_SHAPE)
+    if rows is None:
         return None
-    values = _values(body)
-    rows = further + 1
-    if values is None or values.size != rows * N_FEATURES:
-        return None
-    if not (values.min() >= -bound and values.max() <= bound):
-        return None
-    return values.reshape(rows, N_FEATURES)
+    parsed = _parsed(body, rows, bound, with_model=False)
+    return None if parsed is None else parsed[1]
 
 
-def _values(body: bytes) -> np.ndarray | None:
-    """The body's numbers in order, or None when simdjson refuses the body."""
+def plain_astromech(
+    body: bytes, bound: float, model_names: frozenset[str]
+) -> tuple[str, np.ndarray] | None:
+    """The served model an /astromech `body` names and the batch msgspec decodes from it, or None
+    as for plain_batch, or when the model is not exactly a served model's name."""
+    if not MIN_BYTES <= len(body) <= MAX_BYTES:
+        return None
+    rows = _rows(body, _astromech_shapes(model_names))
+    if rows is None:
+        return None
+    parsed = _parsed(body, rows, bound, with_model=True)
+    if parsed is None or parsed[0] not in model_names:
+        return None
+    return parsed
+
+
+@cache
+def _astromech_shapes(model_names: frozenset[str]) -> frozenset[tuple[bytes, bytes]]:
+    """What an /astromech body's skeleton holds before and after its rows: the `model` member of
+    a served model after the rows, or before them."""
+    members = [_skeleton(b'"model":' + msgspec.json.encode(name)) for name in model_names]
+    after = {(b"{" + ROWS_KEY, b"," + member + b"}") for member in members}
+    before = {(b"{" + member + b"," + ROWS_KEY, b"}") for member in members}
+    return frozenset(after | before)
+
+
+def _skeleton(text: bytes) -> bytes:
+    return text.translate(None, NUMBERS_AND_SPACE)
+
+
+def _rows(body: bytes, around: frozenset[tuple[bytes, bytes]]) -> int | None:
+    """The number of rows when the body's skeleton is rows of four scalars with one of the
+    (before, after) pairs of `around` on either side, else None."""
+    skeleton = _skeleton(body)
+    start, end = skeleton.find(b"["), skeleton.rfind(b"]") + 1
+    if start < 0 or (skeleton[:start], skeleton[end:]) not in around:
+        return None
+    further = (end - start - len(FIRST_ROW) - len(END)) // len(NEXT_ROW)
+    if skeleton[start:end] != FIRST_ROW + NEXT_ROW * further + END:
+        return None
+    return further + 1
+
+
+def _parsed(
+    body: bytes, rows: int, bound: float, with_model: bool
+) -> tuple[str | None, np.ndarray] | None:
+    """The body's `model` (with_model) and its `rows` rows of values, or None when simdjson
+    refuses the body or finds another count of values or a value past ±bound."""
     parser = getattr(_local, "parser", None)
     if parser is None:
         parser = _local.parser = simdjson.Parser()
     try:
-        buffer = parser.parse(body)["crystalData"].as_buffer(of_type="d")
+        document = parser.parse(body)
+        try:
+            model = document["model"] if with_model else None
+            buffer = document["crystalData"].as_buffer(of_type="d")
+        finally:
+            del document  # no proxy may outlive the call: the parser is the next call's
     except PARSE_ERRORS:
         return None
-    return np.frombuffer(buffer, dtype=np.float64)
+    values = np.frombuffer(buffer, dtype=np.float64)
+    if values.size != rows * N_FEATURES or not (values.min() >= -bound and values.max() <= bound):
+        return None
+    return model, values.reshape(rows, N_FEATURES)

@@ -78,6 +78,7 @@ def as_before() -> Iterator[None]:
 
     with (
         mock.patch.object(droid, "plain_batch", lambda body, bound: None),
+        mock.patch.object(droid, "plain_astromech", lambda body, bound, names: None),
         mock.patch.object(droid, "rows_array", today_rows_array),
         mock.patch.object(v2, "rows_array", today_rows_array),
         mock.patch.object(v2, "model_batch", today_model_batch),
@@ -132,9 +133,19 @@ def fast(body: bytes, limits: Limits = LIMITS) -> bool:
         return fast_rows.plain_batch(body, limits.max_abs_value) is not None
 
 
-def astromech(body: bytes) -> tuple:
-    decoder = CrystalDecoder(LIMITS, MODELS)
-    return assert_same_as_before(lambda: decoder.astromech(body))
+def astromech(body: bytes, limits: Limits = LIMITS) -> tuple:
+    """The outcome of an /astromech body, the same as before at its own size and as a large one."""
+    decoder = CrystalDecoder(limits, MODELS)
+    now = assert_same_as_before(lambda: decoder.astromech(body))
+    with fast_path_for_all():
+        assert assert_same_as_before(lambda: decoder.astromech(body)) == now
+    return now
+
+
+def fast_astromech(body: bytes, limits: Limits = LIMITS) -> bool:
+    """Whether the fast path takes the /astromech body, at any size."""
+    with fast_path_for_all():
+        return fast_rows.plain_astromech(body, limits.max_abs_value, MODELS) is not None
 
 
 def infer(body: bytes, header_length: int | None = None, limits: Limits = LIMITS) -> tuple:
@@ -406,6 +417,67 @@ def test_other_bodies_are_left_to_msgspec(body: bytes) -> None:
     assert not fast(body)
 
 
+def with_model(body: bytes, member: bytes = b'"model": "pytorch"', first: bool = False) -> bytes:
+    """`body` with one member more, first or last (at the end of a body cut short of its `}`)."""
+    if first:
+        return body.replace(b"{", b"{" + member + b", ", 1)
+    end = body.rfind(b"}") if b"}" in body else len(body)
+    return body[:end] + b", " + member + body[end:]
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["model last", "model first"])
+@pytest.mark.parametrize("body", PLAIN_BODIES.values(), ids=PLAIN_BODIES.keys())
+def test_plain_astromech_bodies_take_the_fast_path_as_before(body: bytes, first: bool) -> None:
+    result = astromech(with_model(body, first=first))
+    assert result[0] == "decoded" or result[1] == "PayloadTooLarge"
+    assert result[1 if result[0] == "decoded" else 4] == "pytorch"
+    assert fast_astromech(with_model(body, first=first))
+
+
+@pytest.mark.parametrize("body", NOT_PLAIN_BODIES.values(), ids=NOT_PLAIN_BODIES.keys())
+def test_other_astromech_bodies_are_left_to_msgspec(body: bytes) -> None:
+    for first in (False, True):
+        astromech(with_model(body, first=first))
+        assert not fast_astromech(with_model(body, first=first))
+
+
+MODEL_MEMBERS = {
+    "unserved model": b'"model": "keras"',
+    "a served model with a space in it": b'"model": "py torch"',
+    "a served model with an e more": b'"model": "pytorche"',
+    "a served model with a digit more": b'"model": "pytorch1"',
+    "a served model in another case": b'"model": "PyTorch"',
+    "escaped model": b'"model": "pytorc\\u0068"',
+    "model a number": b'"model": 5',
+    "model null": b'"model": null',
+    "model a list": b'"model": ["pytorch"]',
+    "model an object": b'"model": {"pytorch": 1}',
+    "model key with a digit in it": b'"mod3el": "pytorch"',
+    "model key without its e": b'"modl": "pytorch"',
+    "escaped model key": b'"mod\\u0065l": "pytorch"',
+    "two models": b'"model": "pytorch", "model": "sklearn"',
+    "another member too": b'"model": "pytorch", "x": 1',
+}
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["model last", "model first"])
+@pytest.mark.parametrize("member", MODEL_MEMBERS.values(), ids=MODEL_MEMBERS.keys())
+def test_astromech_bodies_naming_no_served_model_plainly_are_left_to_msgspec(
+    member: bytes, first: bool
+) -> None:
+    body = with_model(PLAIN_BODY, member, first)
+    astromech(body)
+    assert not fast_astromech(body)
+
+
+def test_astromech_takes_either_served_model_and_no_model_is_msgspecs() -> None:
+    for model in sorted(MODELS):
+        body = with_model(PLAIN_BODY, f'"model": "{model}"'.encode())
+        assert astromech(body)[:2] == ("decoded", model) and fast_astromech(body)
+    assert astromech(PLAIN_BODY)[1:3] == ("InvalidModel", "400 Bad Request")
+    assert not fast_astromech(PLAIN_BODY)
+
+
 def mutants(body: bytes) -> Iterator[bytes]:
     """`body` cut short, and with a byte taken out, put in or replaced, at every place."""
     for i in range(len(body) + 1):
@@ -423,6 +495,16 @@ def test_every_mutant_of_a_plain_body_decodes_as_before() -> None:
         result = crystal(body)
         taken += fast(body)
         assert not fast(body) or result[0] == "decoded"
+    assert taken > 100
+
+
+def test_every_mutant_of_a_plain_astromech_body_decodes_as_before() -> None:
+    taken = 0
+    plain = b'{"model": "sklearn", "crystalData": [[0.5, -1, 2e3, 0], [7, 8.25, 9E-1, -0]]}'
+    for body in set(mutants(plain)):
+        result = astromech(body)
+        taken += fast_astromech(body)
+        assert not fast_astromech(body) or result[0] == "decoded"
     assert taken > 100
 
 
@@ -693,8 +775,10 @@ def test_random_droid_bodies_decode_as_before(data: str, model: str) -> None:
     if result[0] == "decoded":
         python = np.array(json.loads(data), dtype=np.float64)
         assert result[1] == (python.dtype.str, python.shape, python.tobytes())
-    astromech(data_body(data, model=model))
-    astromech(f'{{"model": {model}, "crystalData": {data}}}'.encode())
+    for body in (data_body(data, model=model), f'{{"model": {model}, "crystalData": {data}}}'):
+        result = astromech(body.encode() if isinstance(body, str) else body, SMALL_LIMITS)
+        taken = fast_astromech(body.encode() if isinstance(body, str) else body, SMALL_LIMITS)
+        assert taken == (result[0] == "decoded" or result[:2] == ("refused", "PayloadTooLarge"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
