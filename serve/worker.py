@@ -11,8 +11,9 @@ as settings:
   body stops arriving before the app has seen any of it is answered 408, not 500;
 - the listen backlog it is configured with, and the C parser it finds (both lost on the way in
   gunicorn 27.0.1's asyncio worker);
-- up to ACCEPTS_PER_TURN new connections accepted at each turn of the event loop, not one, so
-  a burst of new connections is not served seconds late (ListeningServers).
+- up to ACCEPTS_PER_TURN new connections accepted at each turn of the event loop under a burst,
+  not one, so a burst of new connections is not served seconds late, and one a turn otherwise,
+  so a few clients' connections spread over the workers (ListeningServers).
 
 It subclasses gunicorn's ASGIProtocol (pinned gunicorn version; the suite's hostile-client tests
 cover each behaviour) and makes the worker build connections with it. The private gunicorn names
@@ -24,7 +25,9 @@ first connection.
 import asyncio
 import inspect
 import signal
+import socket
 import weakref
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -40,8 +43,14 @@ from serve.settings import Settings
 
 _encoder = msgspec.json.Encoder()
 # Connections a worker accepts at most per turn of its event loop (see ListeningServers): a
-# burst of 256 is in within a few turns, for 31 more descriptors per worker.
+# burst of 256 is in within a few turns, for 31 more descriptors per worker. Only from WIDEN_AT
+# open connections on, and until fewer than NARROW_AT remain: below, one per turn, so that a
+# few clients' connections spread over the workers (8 new connections on 2 workers, 20 tries:
+# with 32 a turn from the first, all 8 on one worker 4 times and 4 on each twice; with one a
+# turn, never all on one and 4 on each 13 times).
 ACCEPTS_PER_TURN = 32
+WIDEN_AT, NARROW_AT = 16, 4
+NARROW_CHECK_SECONDS = 0.1  # how often a widened worker looks whether the burst is over
 
 
 class CrystalProtocol(protocol.ASGIProtocol):
@@ -58,6 +67,10 @@ class CrystalProtocol(protocol.ASGIProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.connections.add(self)
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)  # not left to the garbage collector: counted as open
+        super().connection_lost(exc)
 
     def close_if_idle(self) -> None:
         """On shutdown: a connection waiting for its next request is closed now, as its
@@ -110,7 +123,8 @@ def reason_phrase(status: int) -> str:
 
 
 class ListeningServers(asyncio.AbstractServer):
-    """uvloop servers sharing one listening socket, each through its own descriptor.
+    """uvloop servers sharing one listening socket, each through its own descriptor: one while
+    the worker holds few connections, ACCEPTS_PER_TURN from WIDEN_AT on.
 
     uvloop's server (libuv 1.52) accepts one connection each time its socket polls readable,
     that is one per turn of the event loop: under load a burst of new connections waited in
@@ -119,13 +133,60 @@ class ListeningServers(asyncio.AbstractServer):
     per turn, each connection set up by uvloop exactly as before. (Accepting in a reader callback
     instead and handing each socket to `connect_accepted_socket` drained the queue at once, but
     cost every new connection another loop turn: readiness probes, a new connection each, were
-    answered 1.5 times slower while large batches computed.)
+    answered 1.5 times slower while large batches computed.) But a worker that takes many per
+    turn takes a handful of new connections all at once, before the other workers wake: so the
+    extra servers are made only once a burst is under way, and closed when it is over.
     """
 
-    def __init__(self, servers: list[asyncio.AbstractServer]):
-        self._servers = servers
+    def __init__(
+        self,
+        make: Callable[[socket.socket], Awaitable[asyncio.AbstractServer]],
+        open_connections: Callable[[], int],
+    ):
+        self._make = make  # a uvloop server accepting on the given descriptor
+        self._open_connections = open_connections
+        self._sock: socket.socket | None = None  # the listening socket, duplicated for each
+        self._servers: list[asyncio.AbstractServer] = []
+        self._widening: asyncio.Task | None = None
+        self._closed = False
+
+    async def listen(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._servers.append(await self._make(sock))
+
+    def connection_made(self) -> None:
+        """At each new connection: the extra servers are made from WIDEN_AT open connections on
+        (then closed once fewer than NARROW_AT remain, looked at every NARROW_CHECK_SECONDS)."""
+        narrow = len(self._servers) == 1 and self._widening is None
+        if narrow and self._open_connections() >= WIDEN_AT:
+            self._widening = asyncio.get_running_loop().create_task(self._widen())
+
+    async def _widen(self) -> None:
+        try:
+            while self._sock and len(self._servers) < ACCEPTS_PER_TURN and not self._closed:
+                server = await self._make(self._sock.dup())
+                if self._closed:
+                    server.close()
+                else:
+                    self._servers.append(server)
+        finally:
+            self._widening = None
+        self.get_loop().call_later(NARROW_CHECK_SECONDS, self._narrow_when_quiet)
+
+    def _narrow_when_quiet(self) -> None:
+        """Between turns' accepts (a timer's callback): uvloop attaches a new connection to the
+        server that accepted it, which must then still be open."""
+        if self._closed:
+            return
+        if self._open_connections() >= NARROW_AT:
+            self.get_loop().call_later(NARROW_CHECK_SECONDS, self._narrow_when_quiet)
+            return
+        for server in self._servers[1:]:
+            server.close()
+        del self._servers[1:]
 
     def close(self) -> None:
+        self._closed = True
         for server in self._servers:
             server.close()
 
@@ -149,28 +210,39 @@ class ListeningServers(asyncio.AbstractServer):
 
 class WorkerLoop(uvloop.Loop):
     """uvloop, with the servers gunicorn's worker makes for its listening sockets accepting up to
-    ACCEPTS_PER_TURN connections each turn (ListeningServers), listening with gunicorn's
-    `backlog` (2048) instead of asyncio's default of 100 (a burst of connections then overflowed
-    the accept queue, and the dropped ones retried a second later)."""
+    ACCEPTS_PER_TURN connections each turn under a burst (ListeningServers), listening with
+    gunicorn's `backlog` (2048) instead of asyncio's default of 100 (a burst of connections then
+    overflowed the accept queue, and the dropped ones retried a second later)."""
 
-    def __init__(self, backlog: int):
+    def __init__(self, backlog: int, open_connections: Callable[[], int]):
         super().__init__()
         self._backlog = backlog
+        self._open_connections = open_connections
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+    async def create_server(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+    ) -> asyncio.AbstractServer:
         kwargs = {**kwargs, "backlog": self._backlog}
-        sock = kwargs.get("sock")
+        sock = kwargs.pop("sock", None)
         if sock is None:
-            return await super().create_server(*args, **kwargs)
-        servers = []
-        for listening in [sock] + [sock.dup() for _ in range(ACCEPTS_PER_TURN - 1)]:
-            servers.append(await super().create_server(*args, **{**kwargs, "sock": listening}))
-        return ListeningServers(servers)
+            return await super().create_server(protocol_factory, *args, **kwargs)
+
+        def made() -> asyncio.BaseProtocol:
+            connection = protocol_factory()
+            servers.connection_made()
+            return connection
+
+        def make(listening: socket.socket) -> Awaitable[asyncio.AbstractServer]:
+            return uvloop.Loop.create_server(self, made, *args, sock=listening, **kwargs)
+
+        servers = ListeningServers(make, self._open_connections)
+        await servers.listen(sock)
+        return servers
 
 
 class CrystalWorker(gasgi.ASGIWorker):
     def _setup_event_loop(self) -> None:
-        self.loop = WorkerLoop(self.cfg.backlog)
+        self.loop = WorkerLoop(self.cfg.backlog, lambda: len(CrystalProtocol.connections))
         asyncio.set_event_loop(self.loop)
 
     def init_process(self) -> None:

@@ -17,7 +17,15 @@ from gunicorn.workers import gasgi
 
 from serve import check
 from serve.errors import StartupError
-from serve.worker import CrystalProtocol, WorkerLoop, check_private_names, missing_private_names
+from serve.worker import (
+    ACCEPTS_PER_TURN,
+    NARROW_CHECK_SECONDS,
+    WIDEN_AT,
+    CrystalProtocol,
+    WorkerLoop,
+    check_private_names,
+    missing_private_names,
+)
 
 
 def stand_in_connection() -> CrystalProtocol:
@@ -41,32 +49,52 @@ class _Counting(asyncio.Protocol):
         self.made.append(transport)
 
 
+def turns(loop: asyncio.AbstractEventLoop, count: int) -> None:
+    for _ in range(count):
+        loop.run_until_complete(asyncio.sleep(0))
+
+
 def test_every_pending_connection_is_accepted_within_a_few_loop_turns() -> None:
     """uvloop's own server accepted about one connection per turn of the loop: under load the
-    last of a burst of 256 new connections got its first answer seconds late."""
-    loop = WorkerLoop(backlog=128)
+    last of a burst of 256 new connections got its first answer seconds late. A handful are
+    taken one a turn, so that the other workers take their share; a burst, up to
+    ACCEPTS_PER_TURN a turn, until it is over."""
+    loop = WorkerLoop(backlog=128, open_connections=lambda: len(_Counting.made))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(40)]
+    address = listener.getsockname()
+    few = [socket.create_connection(address) for _ in range(WIDEN_AT - 1)]
     _Counting.made = []
     try:
         server = loop.run_until_complete(
             loop.create_server(_Counting, sock=listener, reuse_address=True, start_serving=True)
         )
-        for _ in range(4):
-            loop.run_until_complete(asyncio.sleep(0))
-        assert len(_Counting.made) == len(clients)
+        turns(loop, WIDEN_AT)
+        assert len(_Counting.made) == len(few)
+        assert len(server._servers) == 1  # a handful: one a turn
+        burst = [socket.create_connection(address) for _ in range(40)]
+        turns(loop, 8)
+        assert len(_Counting.made) == len(few) + len(burst)
+        assert len(server._servers) == ACCEPTS_PER_TURN
         # The transports are uvloop's own, with Nagle's algorithm off as before.
         sock = _Counting.made[0].get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        for transport in _Counting.made:
+            transport.close()
+        _Counting.made = []
+        loop.run_until_complete(asyncio.sleep(NARROW_CHECK_SECONDS * 1.5))
+        assert len(server._servers) == 1  # the burst over: one a turn again
+        late = socket.create_connection(address)
+        turns(loop, 4)
+        assert len(_Counting.made) == 1
         server.close()
         loop.run_until_complete(server.wait_closed())
         assert not server.is_serving()
     finally:
         for transport in _Counting.made:
             transport.close()
-        for client in clients:
+        for client in [*few, *burst, late]:
             client.close()
         listener.close()
         loop.run_until_complete(asyncio.sleep(0))
