@@ -118,13 +118,19 @@ def fast_path_for_all() -> Iterator[None]:
         yield
 
 
-def crystal(body: bytes, limits: Limits = LIMITS) -> tuple:
-    """The outcome of a /<model> body, the same as before at its own size and as a large one."""
-    decoder = CrystalDecoder(limits, MODELS)
-    now = assert_same_as_before(lambda: decoder.crystal_data(body))
+def on_both_paths(decode: Callable[[], Any]) -> tuple:
+    """The outcome of a droid body's decode, the same as before at the body's own size and as a
+    large one (the fast path offered every size)."""
+    now = assert_same_as_before(decode)
     with fast_path_for_all():
-        assert assert_same_as_before(lambda: decoder.crystal_data(body)) == now
+        assert assert_same_as_before(decode) == now
     return now
+
+
+def crystal(body: bytes, limits: Limits = LIMITS) -> tuple:
+    """The outcome of a /<model> body."""
+    decoder = CrystalDecoder(limits, MODELS)
+    return on_both_paths(lambda: decoder.crystal_data(body))
 
 
 def fast(body: bytes, limits: Limits = LIMITS) -> bool:
@@ -134,12 +140,9 @@ def fast(body: bytes, limits: Limits = LIMITS) -> bool:
 
 
 def astromech(body: bytes, limits: Limits = LIMITS) -> tuple:
-    """The outcome of an /astromech body, the same as before at its own size and as a large one."""
+    """The outcome of an /astromech body."""
     decoder = CrystalDecoder(limits, MODELS)
-    now = assert_same_as_before(lambda: decoder.astromech(body))
-    with fast_path_for_all():
-        assert assert_same_as_before(lambda: decoder.astromech(body)) == now
-    return now
+    return on_both_paths(lambda: decoder.astromech(body))
 
 
 def fast_astromech(body: bytes, limits: Limits = LIMITS) -> bool:
