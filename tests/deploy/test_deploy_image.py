@@ -34,8 +34,9 @@ from support.served import exported_models
 pytestmark = pytest.mark.e2e
 
 BUILD_TIME = ("torch", "scikit-learn", "skl2onnx", "onnx", "joblib", "scipy")
-# What the runtime needs is well under this; any one build-time framework is far over it.
-MAX_SITE_PACKAGES_BYTES = 200 * 1024 * 1024
+# What the runtime needs is under this (about 205 MiB: onnxruntime 76, numpy 68 with its
+# libraries, grpc 18, pysimdjson 14); torch alone (some 750 MiB) or scipy is far over it.
+MAX_SITE_PACKAGES_BYTES = 224 * 1024 * 1024
 
 
 @dataclass
