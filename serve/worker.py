@@ -5,7 +5,8 @@ as settings:
   only the wait between two requests, with `keepalive`), so silent and slow-header connections
   are closed instead of kept forever;
 - a SIGTERM that arrives while the worker boots stops it (gunicorn would miss it), and on
-  SIGTERM idle keep-alive connections close at once instead of after `keepalive`;
+  SIGTERM idle keep-alive connections close at once instead of after `keepalive` (a connection
+  not yet past its first request is served, not closed);
 - the answers gunicorn writes itself, before the app runs (malformed request line, headers or
   chunked framing: 400, 414, 431, 501), are JSON like every other answer, and a request whose
   body stops arriving before the app has seen any of it is answered 408, not 500;
@@ -73,9 +74,11 @@ class CrystalProtocol(protocol.ASGIProtocol):
         super().connection_lost(exc)
 
     def close_if_idle(self) -> None:
-        """On shutdown: a connection waiting for its next request is closed now, as its
-        keep-alive timeout would; one with a request in progress finishes it first."""
-        if self._awaiting_request and not self._closed:
+        """On shutdown: a kept-alive connection waiting for its next request is closed now, as its
+        keep-alive timeout would; one with a request in progress finishes it first. So does one
+        accepted but before its first request: its client was given the connection and sends a
+        request on it (or gets HEADER_TIMEOUT's 408), where closing it answered nothing."""
+        if self._awaiting_request and self.req_count > 1 and not self._closed:
             self._keepalive_timeout()
 
     def _start_http1(self, buffered: bytes = b"") -> None:
@@ -279,6 +282,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (protocol, "_REASON_PHRASES"),
     (protocol.ASGIProtocol, "_check_h1c_protocol_available"),
     (protocol.ASGIProtocol, "_awaiting_request"),
+    (protocol.ASGIProtocol, "req_count"),
     (protocol.ASGIProtocol, "_closed"),
     (protocol.ASGIProtocol, "_keepalive_timeout"),
     (protocol.ASGIProtocol, "_start_http1"),

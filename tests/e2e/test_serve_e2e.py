@@ -162,7 +162,19 @@ class WholeRun:
     metrics_folder: Path
     metrics_files_at_start: list[str]
     in_flight_answer: bytes
+    fresh_answer: bytes
     exit_code: int
+
+
+ONE_ROW = json.dumps({"crystalData": [[0.92, 0.12, 0.31, 0.09]]}).encode()
+
+
+def read_all(client: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    return answer
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +195,9 @@ def whole_run() -> Iterator[WholeRun]:
             f"POST /sklearn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
-        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
+        # Accepted before the SIGTERM, its request sent after it (as a reload's would be).
+        fresh = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        with fresh, socket.create_connection(("127.0.0.1", live.port), timeout=10) as client:
             client.sendall(head + body[:10])
             wait_until(lambda: in_flight(live) == 1, "the request in the app, awaiting its body")
             workers = len(live.worker_pids())
@@ -192,15 +206,22 @@ def whole_run() -> Iterator[WholeRun]:
                 lambda: live.output.count('"message":"Worker shutting down..."') == workers,
                 "every worker shutting down, the request still in flight",
             )
+            fresh.sendall(head.replace(b"%d" % len(body), b"%d" % len(ONE_ROW)) + ONE_ROW)
             client.sendall(body[10:])
-            answer = b""
-            while chunk := client.recv(65536):
-                answer += chunk
+            answer, fresh_answer = read_all(client), read_all(fresh)
         code = live.process.wait(timeout=30)  # already signalled: a second SIGTERM could end it
     except BaseException:
         live.stop()
         raise
-    yield WholeRun(live, folder, files_at_start, answer, code)
+    yield WholeRun(live, folder, files_at_start, answer, fresh_answer, code)
+
+
+def test_sigterm_answers_a_request_on_a_connection_accepted_before_it(
+    whole_run: WholeRun,
+) -> None:
+    """Closed as idle, it answered nothing: its request got no answer while the next workers
+    (after a reload) or the next replica were ready to give one."""
+    assert whole_run.fresh_answer.startswith(b"HTTP/1.1 200 "), whole_run.fresh_answer
 
 
 def test_sigterm_finishes_in_flight_request(whole_run: WholeRun) -> None:
@@ -233,8 +254,8 @@ def test_every_line_of_a_full_run_is_json(whole_run: WholeRun) -> None:
         assert line["version"] == entry["sha256"][:12]
         assert line["source_sha256"] == entry["source_sha256"]
         assert (line["opsets"], line["parity"]) == (entry["opsets"], entry["parity"])
-    # The three predictions; the probe and the scrapes are left out of the access log.
-    assert messages.count("request") == 3
+    # The four predictions; the probe and the scrapes are left out of the access log.
+    assert messages.count("request") == 4
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,7 @@ def test_an_instance_attribute_the_constructor_no_longer_sets_is_missing(
         self._closed = False
         self._body_receiver = None
         self._keepalive_handle = None
+        self.req_count = 0
 
     monkeypatch.setattr(protocol.ASGIProtocol, "__init__", constructor)
     assert missing_private_names() == ["ASGIProtocol._awaiting_request"]
