@@ -242,11 +242,10 @@ def create_app(
     app.add_error_handler(ServiceError, errors.service_error)
     app.add_route("/metrics", MetricsResource(metrics))
     guarded = None if tokens is None else routes.guards
-    spec = openapi.build_spec(
-        registry, routes.protocols, guarded, metrics_here=settings.metrics_port is None
-    )
+    metrics_here = settings.metrics_port is None
+    spec = openapi.build_spec(registry, routes.protocols, guarded, metrics_here)
     app.add_route("/openapi.json", OpenApiSpec(spec))
-    docs.add_routes(app)
+    docs.add_routes(app, metrics_here)
     return app
 
 

@@ -121,8 +121,11 @@ class ServiceIndex:
     """JSON, not a redirect to /docs: scripts and people with curl get a short answer they can
     read, and browsers show it too."""
 
-    def __init__(self) -> None:
-        self._body = msgspec.json.encode(INDEX)
+    def __init__(self, metrics_here: bool) -> None:
+        """Without `metrics_here` (METRICS_PORT set), /metrics is left out: this port does not
+        answer it."""
+        index = INDEX if metrics_here else {k: v for k, v in INDEX.items() if k != "metrics"}
+        self._body = msgspec.json.encode(index)
 
     async def on_get(self, req: CrystalRequest, resp: falcon.asgi.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
@@ -131,8 +134,8 @@ class ServiceIndex:
     on_head = on_get
 
 
-def add_routes(app: falcon.asgi.App) -> None:
+def add_routes(app: falcon.asgi.App, metrics_here: bool = True) -> None:
     assets = load_assets()
-    app.add_route("/", ServiceIndex())
+    app.add_route("/", ServiceIndex(metrics_here))
     app.add_route("/docs", DocsPage(render_page(assets)))
     app.add_route("/docs/{name}", DocsAsset(assets))

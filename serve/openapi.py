@@ -99,7 +99,7 @@ def build_spec(
     """The document for the registry's models and the protocols served; its examples show the
     first ready model. With `guarded` (bearer tokens asked), the operations of each path it
     names declare the bearer scheme and its 401. Without `metrics_here` (METRICS_PORT set),
-    /metrics is left out: this port does not answer it."""
+    /metrics is left out, and from the index too: this port does not answer it."""
     answers = _answers(registry)
     examples = Examples(registry, answers, next(iter(answers), None))
     spec = template("base.json")
@@ -112,6 +112,9 @@ def build_spec(
     spec["paths"] = paths | spec["paths"]
     if not metrics_here:
         del spec["paths"]["/metrics"]
+        index = spec["paths"]["/"]["get"]["responses"]["200"]["content"]["application/json"]
+        del index["schema"]["properties"]["metrics"]
+        index["schema"]["required"].remove("metrics")
     if guarded is not None:
         spec["components"]["securitySchemes"] = {"bearer": BEARER_SCHEME}
         for path, item in spec["paths"].items():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from falcon import testing
 
+from serve import docs
 from serve.app import create_app
 from serve.auth import MIN_TOKEN_CHARS, BearerTokens
 from serve.errors import StartupError
@@ -241,8 +242,16 @@ def test_metrics_port_answers_metrics_only_and_the_inference_port_no_metrics() -
         assert client.simulate_get(path, port=3000).status_code == 200, path
     answer = client.simulate_post("/sklearn", json={"crystalData": ROWS}, port=8082)
     assert answer.json == {"title": "404 Not Found", "description": "no route /sklearn"}
-    # The document describes the port it is served on.
-    assert "/metrics" not in client.simulate_get("/openapi.json", port=3000).json["paths"]
+    # The index and the document describe the port they are served on.
+    spec = client.simulate_get("/openapi.json", port=3000).json
+    assert "/metrics" not in spec["paths"]
+    index = client.simulate_get("/", port=3000).json
+    assert index == {k: v for k, v in docs.INDEX.items() if k != "metrics"}
+    for path in index.values():
+        assert client.simulate_get(path, port=3000).status_code == 200, path
+    schema = spec["paths"]["/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {key: value["const"] for key, value in schema["properties"].items()} == index
+    assert sorted(schema["required"]) == sorted(index)
 
 
 @pytest.mark.parametrize("other", ["PORT", "GRPC_PORT"])
