@@ -64,8 +64,6 @@ _local = threading.local()
 def plain_batch(body: bytes, bound: float) -> np.ndarray | None:
     """The [rows, N_FEATURES] float64 batch msgspec decodes from a /<model> `body`, or None when
     the body is outside MIN_BYTES to MAX_BYTES or not proved plain and within ±bound."""
-    if not MIN_BYTES <= len(body) <= MAX_BYTES:
-        return None
     rows = _rows(body, PLAIN_SHAPE)
     if rows is None:
         return None
@@ -78,8 +76,6 @@ def plain_astromech(
 ) -> tuple[str, np.ndarray] | None:
     """The served model an /astromech `body` names and the batch msgspec decodes from it, or None
     as for plain_batch, or when the model is not exactly a served model's name."""
-    if not MIN_BYTES <= len(body) <= MAX_BYTES:
-        return None
     rows = _rows(body, _astromech_shapes(model_names))
     if rows is None:
         return None
@@ -104,9 +100,9 @@ def _skeleton(text: bytes) -> bytes:
 
 
 def _rows(body: bytes, around: frozenset[tuple[bytes, bytes]]) -> int | None:
-    """The number of rows when the body's skeleton is rows of four scalars with one of the
-    (before, after) pairs of `around` on either side, else None."""
-    if _has_exponent(body):
+    """The number of rows when the body, of MIN_BYTES to MAX_BYTES, has a skeleton of rows of four
+    scalars with one of the (before, after) pairs of `around` on either side, else None."""
+    if not MIN_BYTES <= len(body) <= MAX_BYTES or _has_exponent(body):
         return None
     skeleton = _skeleton(body)
     start, end = skeleton.find(b"["), skeleton.rfind(b"]") + 1
