@@ -144,18 +144,18 @@ class ListeningServers(asyncio.AbstractServer):
     def __init__(
         self,
         make: Callable[[socket.socket], Awaitable[asyncio.AbstractServer]],
+        sock: socket.socket,
         open_connections: Callable[[], int],
     ):
         self._make = make  # a uvloop server accepting on the given descriptor
+        self._sock = sock  # the listening socket, duplicated for each extra server
         self._open_connections = open_connections
-        self._sock: socket.socket | None = None  # the listening socket, duplicated for each
         self._servers: list[asyncio.AbstractServer] = []
         self._widening: asyncio.Task | None = None
         self._closed = False
 
-    async def listen(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._servers.append(await self._make(sock))
+    async def listen(self) -> None:
+        self._servers.append(await self._make(self._sock))
 
     def connection_made(self) -> None:
         """At each new connection: the extra servers are made from WIDEN_AT open connections on
@@ -166,7 +166,7 @@ class ListeningServers(asyncio.AbstractServer):
 
     async def _widen(self) -> None:
         try:
-            while self._sock and len(self._servers) < ACCEPTS_PER_TURN and not self._closed:
+            while len(self._servers) < ACCEPTS_PER_TURN and not self._closed:
                 server = await self._make(self._sock.dup())
                 if self._closed:
                     server.close()
@@ -238,8 +238,8 @@ class WorkerLoop(uvloop.Loop):
         def make(listening: socket.socket) -> Awaitable[asyncio.AbstractServer]:
             return uvloop.Loop.create_server(self, made, *args, sock=listening, **kwargs)
 
-        servers = ListeningServers(make, self._open_connections)
-        await servers.listen(sock)
+        servers = ListeningServers(make, sock, self._open_connections)
+        await servers.listen()
         return servers
 
 
